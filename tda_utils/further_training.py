@@ -1,0 +1,442 @@
+"""The gold standard: further training of the final model with and without each left-out instance.
+
+Public: ``further_train``, ``FurtherTrainingResult``, ``run_orders``, ``eval_schedule``.
+
+For every seed s, one full run and one run per left-out instance i start from the same
+parameters (the final model by default) with a fresh optimizer, and are paired on the batch order
+of seed s (``training.epoch_orders``):
+
+* ``leave_out="permutation"``: run i uses the seed's permutation with i deleted; its batches are
+  consecutive chunks of that shorter order (batches before i's position are the full run's, later
+  ones shift by one).
+* ``leave_out="every_batch"``: run i uses the full run's batches and at every step minimises
+  ``mean batch loss - loss_i / n_train``.
+
+Time is counted in batch *slots*: slot b of epoch e is the full run's b-th batch. A leave-one-out
+run whose order is one shorter can have an empty last slot (when n_train % batch_size == 1); it
+then makes no update in that slot. Losses are recorded after every ``eval_every`` epochs, or after
+the slots in ``eval_steps`` (0 = before any update).
+
+Two engines give the same numbers: ``sequential`` (a plain loop over runs with torch.optim) and
+``vectorized`` (all runs of a chunk of seeds trained together with ``torch.func.vmap`` over stacked
+parameters, optimizers written on the stack; chunked to ``memory_budget_mb``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+from tqdm.auto import tqdm
+
+from .cache import Cache, default_results_dir
+from .config import FurtherTrainingConfig, check_indices, stable_hash, to_dict
+from .data import Splits
+from .grads import dataset_tensors, frozen_state, trainable_params
+from .models import per_sample_loss
+from .training import batch_slices, epoch_orders, make_optimizer
+
+
+# ----------------------------------------------------------------------------------------------
+# Result
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class FurtherTrainingResult:
+    """Test losses after further training.
+
+    ``loss_full``: (n_evals, n_seeds, n_query); ``loss_loo``: (n_evals, n_seeds, n_left_out,
+    n_query); ``times``: (n_evals,) in ``time_unit`` ("epoch" or "step").
+    """
+
+    loss_full: torch.Tensor
+    loss_loo: torch.Tensor
+    times: torch.Tensor
+    time_unit: str
+    seeds: tuple[int, ...]
+    left_out: tuple[int, ...]
+    query_indices: tuple[int, ...]
+    config: FurtherTrainingConfig
+    wall_time: float = 0.0
+    from_cache: int = 0
+
+    def _seed_rows(self, seeds: int | Iterable[int] | None) -> list[int]:
+        if seeds is None:
+            return list(range(len(self.seeds)))
+        if isinstance(seeds, (int, np.integer)):
+            if not 1 <= seeds <= len(self.seeds):
+                raise ValueError(f"seeds={seeds} must be between 1 and {len(self.seeds)} (seeds run)")
+            return list(range(int(seeds)))
+        rows = []
+        for s in seeds:
+            if int(s) not in self.seeds:
+                raise ValueError(f"seed {s} was not run; available seeds: {list(self.seeds)}")
+            rows.append(self.seeds.index(int(s)))
+        if not rows:
+            raise ValueError("seeds is empty")
+        return rows
+
+    def per_seed(self, subtract_mean: bool = True, seeds=None) -> torch.Tensor:
+        """Paired differences per seed, (n_evals, n_seeds, n_query, n_left_out).
+
+        ``loss_loo - loss_full`` (the full-data run of the same seed subtracted), minus its mean
+        over the left-out instances when ``subtract_mean``. Positive = the instance is helpful.
+        """
+        rows = self._seed_rows(seeds)
+        diff = (self.loss_loo[:, rows] - self.loss_full[:, rows, None, :]).transpose(2, 3)
+        if subtract_mean:
+            diff = diff - diff.mean(dim=-1, keepdim=True)
+        return diff
+
+    def attribution(self, subtract_mean: bool = True, seeds=None) -> torch.Tensor:
+        """tau, (n_evals, n_query, n_left_out): the seed average of ``per_seed``.
+
+        ``seeds``: None (all), an int k (the first k seeds) or an iterable of seed values.
+        """
+        return self.per_seed(subtract_mean, seeds).mean(dim=1)
+
+    def attribution_sem(self, subtract_mean: bool = True, seeds=None) -> torch.Tensor:
+        """Standard error over seeds of ``attribution``, (n_evals, n_query, n_left_out)."""
+        d = self.per_seed(subtract_mean, seeds)
+        if d.shape[1] < 2:
+            return torch.full_like(d[:, 0], float("nan"))
+        return d.std(dim=1) / math.sqrt(d.shape[1])
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Orders and schedule
+# ----------------------------------------------------------------------------------------------
+def run_orders(perm: torch.Tensor, left_out: Sequence[int], mode: str) -> torch.Tensor:
+    """Per-run orders for one epoch, (1 + n_left_out, n) with -1 padding.
+
+    Row 0 is the full run's ``perm``; row 1 + j is ``perm`` with ``left_out[j]`` deleted (padded
+    with -1 at the end) for ``permutation``, or ``perm`` itself for ``every_batch``.
+    """
+    n = perm.numel()
+    L = len(left_out)
+    rows = perm.expand(1 + L, n).clone()
+    if mode == "permutation" and L:
+        lo = torch.as_tensor(left_out, dtype=torch.long)
+        keep = perm[None, :] != lo[:, None]  # (L, n), one False per row
+        shorter = perm.expand(L, n)[keep].reshape(L, n - 1)
+        rows[1:, :-1] = shorter
+        rows[1:, -1] = -1
+    return rows
+
+
+def eval_schedule(cfg: FurtherTrainingConfig, n_train: int) -> tuple[list[tuple[int, int]], torch.Tensor, str]:
+    """Evaluation points as (epoch, slot-after) pairs, their times, and the time unit.
+
+    Epoch mode: after the last slot of every ``eval_every``-th epoch; times are epochs.
+    Step mode: after global slot k (k = 0: before training); times are steps.
+    """
+    n_slots = math.ceil(n_train / cfg.batch_size)
+    if cfg.eval_steps is None:
+        epochs = [e for e in range(1, cfg.epochs + 1) if e % cfg.eval_every == 0]
+        if not epochs:
+            raise ValueError(f"eval_every={cfg.eval_every} exceeds epochs={cfg.epochs}: nothing is evaluated")
+        return [(e - 1, n_slots) for e in epochs], torch.tensor(epochs, dtype=torch.float64), "epoch"
+    total = n_slots * cfg.epochs
+    if cfg.eval_steps[-1] > total:
+        raise ValueError(f"eval_steps reaches {cfg.eval_steps[-1]} but epochs={cfg.epochs} x "
+                         f"{n_slots} steps per epoch gives only {total} steps")
+    points = [((k - 1) // n_slots, (k - 1) % n_slots + 1) if k > 0 else (0, 0) for k in cfg.eval_steps]
+    return points, torch.tensor(cfg.eval_steps, dtype=torch.float64), "step"
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
+                  query_indices: Sequence[int] | None = None, init: dict[str, torch.Tensor] | None = None,
+                  cache_dir=..., progress: bool = True) -> FurtherTrainingResult:
+    """Run the gold standard; see the module docstring for the semantics.
+
+    ``query_indices``: test instances whose loss is recorded (default: all). ``init``: starting
+    parameters (default: the final model's). Per-seed results are cached atomically under
+    ``<cache_dir>/further_training/<key>/seed_<s>.pt`` (``cache_dir=None`` disables caching), so
+    an interrupted run resumes where it stopped.
+    """
+    if not isinstance(cfg, FurtherTrainingConfig):
+        raise ValueError(f"cfg must be a FurtherTrainingConfig, got {type(cfg).__name__}")
+    n = splits.n_train
+    left_out = check_indices("left_out", cfg.left_out, n)
+    queries = check_indices("query_indices", range(splits.n_test) if query_indices is None else query_indices,
+                            splits.n_test)
+    dtype = cfg.torch_dtype
+    model = copy.deepcopy(final).to(dtype).eval()
+    if init is not None:
+        with torch.no_grad():
+            named = dict(model.named_parameters())
+            for k, v in init.items():
+                if k not in named:
+                    raise ValueError(f"init has unknown parameter {k!r}")
+                named[k].copy_(v)
+    data = splits.to(dtype)
+    points, times, unit = eval_schedule(cfg, n)
+
+    params0 = trainable_params(model)
+    key_cfg = {**to_dict(cfg), "seeds": None, "memory_budget_mb": None}
+    key = stable_hash(key_cfg, splits.name, splits.task, list(queries), *params0.values(),
+                      *frozen_state(model).values(), *data.train.tensors, *data.test.tensors)
+    root = default_results_dir() if cache_dir is ... else cache_dir
+    cache = Cache(root, "further_training", key, {"config": key_cfg, "dataset": splits.name,
+                                                  "query_indices": list(queries),
+                                                  "model": getattr(final, "fimo_spec", None)})
+    start = time.perf_counter()
+    results: dict[int, dict] = {}
+    todo = []
+    for s in cfg.seeds:
+        hit = cache.load(f"seed_{s}")
+        if hit is not None:
+            results[s] = hit
+        else:
+            todo.append(s)
+    from_cache = len(results)
+
+    engine = _Vectorized if cfg.engine == "vectorized" else _Sequential
+    runner = engine(model, data, cfg, left_out, queries, points)
+    for s, res in runner.run(todo, progress):
+        cache.save(f"seed_{s}", res)
+        results[s] = res
+
+    full = torch.stack([results[s]["loss_full"] for s in cfg.seeds], dim=1)
+    loo = torch.stack([results[s]["loss_loo"] for s in cfg.seeds], dim=1)
+    return FurtherTrainingResult(loss_full=full, loss_loo=loo, times=times, time_unit=unit,
+                                 seeds=cfg.seeds, left_out=left_out, query_indices=queries, config=cfg,
+                                 wall_time=time.perf_counter() - start, from_cache=from_cache)
+
+
+class _Engine:
+    def __init__(self, model, data: Splits, cfg: FurtherTrainingConfig, left_out, queries, points):
+        self.model, self.data, self.cfg = model, data, cfg
+        self.left_out, self.points = list(left_out), points
+        self.inputs, self.target = dataset_tensors(data.train)
+        self.q_inputs, self.q_target = dataset_tensors(data.test, queries)
+        self.task = data.task
+        self.n = len(self.target)
+        self.n_slots = math.ceil(self.n / cfg.batch_size)
+        self.eval_at: dict[tuple[int, int], int] = {}
+        for j, p in enumerate(points):
+            self.eval_at.setdefault(p, j)
+        self.last_epoch = max(e for e, _ in points) + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Sequential reference engine
+# ----------------------------------------------------------------------------------------------
+class _Sequential(_Engine):
+    """One run after another with torch.optim: the readable reference."""
+
+    @torch.no_grad()
+    def _query_losses(self, model) -> torch.Tensor:
+        return per_sample_loss(model(*self.q_inputs), self.q_target, self.task)
+
+    def _one_run(self, seed: int, run: int | None) -> torch.Tensor:
+        cfg = self.cfg
+        model = copy.deepcopy(self.model)
+        opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr,
+                             cfg.weight_decay, cfg.betas, cfg.eps)
+        dtype = next(model.parameters()).dtype
+        losses = torch.empty(len(self.points), len(self.q_target), dtype=dtype)
+        if (0, 0) in self.eval_at:
+            losses[self.eval_at[(0, 0)]] = self._query_losses(model)
+        for epoch, perm in enumerate(epoch_orders(self.n, seed, self.last_epoch)):
+            if run is not None and cfg.leave_out == "permutation":
+                perm = perm[perm != run]
+            for slot, sl in enumerate(batch_slices(self.n, cfg.batch_size), start=1):
+                idx = perm[sl]
+                if len(idx):
+                    out = model(*(x[idx] for x in self.inputs))
+                    loss = per_sample_loss(out, self.target[idx], self.task).mean()
+                    if run is not None and cfg.leave_out == "every_batch":
+                        out_i = model(*(x[[run]] for x in self.inputs))
+                        loss = loss - per_sample_loss(out_i, self.target[[run]], self.task).sum() / self.n
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                if (epoch, slot) in self.eval_at:
+                    losses[self.eval_at[(epoch, slot)]] = self._query_losses(model)
+        return losses
+
+    def run(self, seeds, progress):
+        for s in tqdm(seeds, desc="further training (sequential)", disable=not progress):
+            full = self._one_run(s, None)
+            loo = torch.stack([self._one_run(s, i) for i in self.left_out], dim=1) if self.left_out \
+                else full.new_empty(full.shape[0], 0, full.shape[1])
+            yield s, {"loss_full": full, "loss_loo": loo}
+
+
+# ----------------------------------------------------------------------------------------------
+# Vectorized engine
+# ----------------------------------------------------------------------------------------------
+class _Vectorized(_Engine):
+    """All runs of a chunk trained together on stacked parameters (vmap over runs)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.params0 = trainable_params(self.model)
+        self.frozen = frozen_state(self.model)
+        model = self.model
+
+        def forward(params, inputs):
+            return functional_call(model, {**params, **self.frozen}, tuple(inputs))
+
+        self.fwd_batch = vmap(forward, in_dims=(0, 0))  # per-run batches
+        self.fwd_shared = vmap(forward, in_dims=(0, None))  # the same queries for every run
+
+    def _runs_per_chunk(self) -> int:
+        """Runs that fit the memory budget: parameters + grads + 2 optimizer states + activations."""
+        elem = next(iter(self.params0.values())).element_size()
+        n_par = sum(p.numel() for p in self.params0.values())
+        acts = _activation_numel(self.model, tuple(x[:1] for x in self.inputs))
+        per_run = elem * (5 * n_par + 3 * acts * (self.cfg.batch_size + 1) + 3 * acts * len(self.q_target))
+        return max(1, int(self.cfg.memory_budget_mb * 2**20 // per_run))
+
+    def run(self, seeds, progress):
+        if not seeds:
+            return
+        R1 = 1 + len(self.left_out)
+        max_runs = self._runs_per_chunk()
+        seeds_per_chunk = max(1, max_runs // R1)
+        chunks = [seeds[i:i + seeds_per_chunk] for i in range(0, len(seeds), seeds_per_chunk)]
+        bar = tqdm(total=len(seeds), desc="further training (vectorized)", disable=not progress)
+        for chunk in chunks:
+            pairs = [(s, r) for s in chunk for r in range(R1)]
+            parts = []
+            for k in range(0, len(pairs), max_runs):
+                parts.append(self._train(pairs[k:k + max_runs], progress))
+            losses = torch.cat(parts, dim=1)  # (E, len(pairs), Q)
+            for j, s in enumerate(chunk):
+                block = losses[:, j * R1:(j + 1) * R1]
+                yield s, {"loss_full": block[:, 0].clone(), "loss_loo": block[:, 1:].clone()}
+                bar.update(1)
+        bar.close()
+
+    def _train(self, pairs: list[tuple[int, int]], progress: bool) -> torch.Tensor:
+        """Train the runs ``pairs`` = [(seed, run)] (run 0 = full, 1 + j = left_out[j]) together.
+
+        Returns query losses (n_evals, len(pairs), n_query).
+        """
+        cfg, n, B = self.cfg, self.n, self.cfg.batch_size
+        R = len(pairs)
+        params = {k: v.unsqueeze(0).repeat(R, *([1] * v.ndim)).requires_grad_(True)
+                  for k, v in self.params0.items()}
+        opt = _StackedOptimizer(cfg, params, R)
+        seeds = sorted({s for s, _ in pairs})
+        run_seed = torch.tensor([seeds.index(s) for s, _ in pairs])
+        run_id = torch.tensor([r for _, r in pairs])
+        is_loo = run_id > 0
+        lo_idx = torch.tensor([self.left_out[r - 1] if r > 0 else 0 for _, r in pairs], dtype=torch.long)
+        dtype = next(iter(self.params0.values())).dtype
+        losses = torch.empty(len(self.points), R, len(self.q_target), dtype=dtype)
+        if (0, 0) in self.eval_at:
+            losses[self.eval_at[(0, 0)]] = self._query_losses(params)
+        gens = [epoch_orders(n, s, self.last_epoch) for s in seeds]
+        pad = self.n_slots * B
+        every_batch = cfg.leave_out == "every_batch"
+        for epoch in tqdm(range(self.last_epoch), desc="epochs", leave=False, disable=not progress):
+            perms = [next(g) for g in gens]
+            orders = torch.full((R, pad), -1, dtype=torch.long)
+            for si, perm in enumerate(perms):
+                rows = run_orders(perm, self.left_out, cfg.leave_out)
+                sel = run_seed == si
+                orders[sel, :n] = rows[run_id[sel]]
+            for slot in range(self.n_slots):
+                idx = orders[:, slot * B:(slot + 1) * B]  # (R, B)
+                valid = idx >= 0
+                count = valid.sum(1)
+                active = count > 0
+                w = valid.to(dtype) / count.clamp(min=1).to(dtype)[:, None]
+                if every_batch:
+                    idx = torch.cat([idx, lo_idx[:, None]], dim=1)
+                    w = torch.cat([w, torch.where(is_loo, -1.0 / n, 0.0).to(dtype)[:, None]], dim=1)
+                safe = idx.clamp(min=0)
+                out = self.fwd_batch(params, tuple(x[safe] for x in self.inputs))
+                per = per_sample_loss(out, self.target[safe], self.task)  # (R, B')
+                total = (per * w).sum()
+                grads = torch.autograd.grad(total, list(params.values()))
+                opt.step(dict(zip(params, grads)), active)
+                if (epoch, slot + 1) in self.eval_at:
+                    losses[self.eval_at[(epoch, slot + 1)]] = self._query_losses(params)
+        return losses
+
+    @torch.no_grad()
+    def _query_losses(self, params) -> torch.Tensor:
+        out = self.fwd_shared({k: v.detach() for k, v in params.items()}, self.q_inputs)  # (R, Q, k)
+        return per_sample_loss(out, self.q_target.expand(out.shape[0], *self.q_target.shape), self.task)
+
+
+class _StackedOptimizer:
+    """SGD / Adam / AdamW on stacked parameters (R, ...) with a per-run ``active`` mask.
+
+    Matches ``torch.optim`` (no momentum for SGD; Adam's bias correction per run) and
+    ``clip_grad_norm_`` per run (coefficient max_norm / (norm + 1e-6), capped at 1).
+    """
+
+    def __init__(self, cfg: FurtherTrainingConfig, params: dict[str, torch.Tensor], R: int):
+        self.cfg, self.params = cfg, params
+        self.t = torch.zeros(R, dtype=torch.long)
+        if cfg.optimizer in ("adam", "adamw"):
+            self.m = {k: torch.zeros_like(v) for k, v in params.items()}
+            self.v = {k: torch.zeros_like(v) for k, v in params.items()}
+
+    @torch.no_grad()
+    def step(self, grads: dict[str, torch.Tensor], active: torch.Tensor) -> None:
+        cfg = self.cfg
+        shape = lambda x, p: x.view(-1, *([1] * (p.ndim - 1)))  # noqa: E731
+        if cfg.grad_clip is not None:
+            norm = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads.values()))
+            coef = (cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
+            grads = {k: g * shape(coef, g) for k, g in grads.items()}
+        self.t += active.long()
+        a = active.to(next(iter(self.params.values())).dtype)
+        for k, p in self.params.items():
+            g = grads[k]
+            am = shape(a, p)
+            if cfg.optimizer == "sgd":
+                if cfg.weight_decay:
+                    g = g + cfg.weight_decay * p
+                p.sub_(am * cfg.lr * g)
+                continue
+            if cfg.optimizer == "adamw" and cfg.weight_decay:
+                p.mul_(1 - am * cfg.lr * cfg.weight_decay)
+            elif cfg.weight_decay:
+                g = g + cfg.weight_decay * p
+            b1, b2 = cfg.betas
+            m, v = self.m[k], self.v[k]
+            m.copy_(torch.where(am.bool(), m.lerp(g, 1 - b1), m))
+            v.copy_(torch.where(am.bool(), v * b2 + (1 - b2) * g * g, v))
+            t = self.t.clamp(min=1).to(p.dtype)
+            bc1 = shape(1 - b1 ** t, p)
+            bc2 = shape(1 - b2 ** t, p)
+            upd = (cfg.lr / bc1) * m / (v.sqrt() / bc2.sqrt() + cfg.eps)
+            p.sub_(am * upd)
+
+
+def _activation_numel(model: nn.Module, sample_inputs) -> int:
+    """Number of activation entries of one sample's forward pass (sum over module outputs)."""
+    total = [0]
+
+    def hook(_m, _i, out):
+        if isinstance(out, torch.Tensor):
+            total[0] += out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(*sample_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total[0], 1)

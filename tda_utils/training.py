@@ -1,0 +1,142 @@
+"""Training the final model and evaluating it.
+
+Public: ``epoch_orders``, ``batch_slices``, ``make_optimizer``, ``train_model``, ``evaluate``,
+``per_sample_losses``, ``model_key``.
+
+Batch order (design.md §6): seed s makes ``torch.Generator().manual_seed(s)`` and each epoch's
+order is what ``torch.utils.data.RandomSampler(train, generator=g)`` yields for that epoch (torch's
+sampler draws a second, discarded permutation per epoch; we iterate the sampler itself).
+Batches are consecutive chunks of that order.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import RandomSampler
+from tqdm.auto import tqdm
+
+from .cache import Cache, default_results_dir
+from .config import TrainConfig, check_choice, stable_hash, to_dict
+from .data import Splits
+from .grads import dataset_tensors
+from .models import per_sample_loss
+
+
+def epoch_orders(n: int, seed: int, epochs: int) -> Iterator[torch.Tensor]:
+    """Yield ``epochs`` permutations of range(n) (int64 tensors) from RandomSampler seeded by seed."""
+    g = torch.Generator().manual_seed(int(seed))
+    sampler = RandomSampler(range(n), generator=g)
+    for _ in range(epochs):
+        yield torch.tensor(list(iter(sampler)), dtype=torch.long)
+
+
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Consecutive slices of size ``batch_size`` covering range(n) (the last may be smaller)."""
+    return [slice(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
+    """A fresh torch optimizer: ``sgd`` (no momentum), ``adam`` or ``adamw``."""
+    check_choice("optimizer", name, ("sgd", "adam", "adamw"))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+@torch.no_grad()
+def per_sample_losses(model: nn.Module, dataset, task: str, indices=None, batch_size: int = 1024) -> torch.Tensor:
+    """Per-sample losses of ``model`` (eval mode) on ``dataset``, shape (n,)."""
+    inputs, target = dataset_tensors(dataset, indices)
+    was = model.training
+    model.eval()
+    out = []
+    for sl in batch_slices(target.shape[0], batch_size):
+        out.append(per_sample_loss(model(*(x[sl] for x in inputs)), target[sl], task))
+    model.train(was)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, splits: Splits, split: str = "test") -> dict[str, float]:
+    """Mean loss (and accuracy for classification) on ``split`` ("train" | "test")."""
+    check_choice("split", split, ("train", "test"))
+    ds = splits.train if split == "train" else splits.test
+    inputs, target = dataset_tensors(ds)
+    was = model.training
+    model.eval()
+    out = torch.cat([model(*(x[sl] for x in inputs)) for sl in batch_slices(len(target), 1024)])
+    model.train(was)
+    res = {"loss": per_sample_loss(out, target, splits.task).mean().item()}
+    if splits.task == "classification":
+        res["accuracy"] = (out.argmax(-1) == target).double().mean().item()
+    return res
+
+
+def model_key(model: nn.Module, splits: Splits, *extra) -> str:
+    """A hash of the model's parameters and buffers, the data and ``extra``."""
+    state = [t for _, t in sorted(model.state_dict().items())]
+    return stable_hash(type(model).__name__, *state, *splits.train.tensors, *splits.test.tensors, *extra)
+
+
+def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..., progress: bool = True) -> nn.Module:
+    """Train ``model`` (in place) on ``splits.train`` with ``cfg``; return it in eval mode.
+
+    Mean loss per batch, batch order of ``epoch_orders(n, cfg.seed, ...)``. The trained state is
+    cached under ``<cache_dir>/models/<key>`` where key hashes the initial parameters, the data
+    and the config (``cache_dir=None`` disables caching). ``model.fimo_history`` holds per-epoch
+    training loss (and test accuracy when ``select_best``) and ``model.fimo_train_seconds``.
+    """
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    root = default_results_dir() if cache_dir is ... else cache_dir
+    key = model_key(model, splits, cfg)
+    cache = Cache(root, "models", key, {"train": to_dict(cfg), "model": getattr(model, "fimo_spec", None),
+                                        "dataset": splits.name})
+    hit = cache.load("final")
+    if hit is not None:
+        model.load_state_dict(hit["state_dict"])
+        model.fimo_history, model.fimo_train_seconds = hit["history"], hit["seconds"]
+        model.eval()
+        return model
+
+    start = time.perf_counter()
+    inputs, target = dataset_tensors(splits.train)
+    n = target.shape[0]
+    opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr,
+                         cfg.weight_decay)
+    history: dict[str, list] = {"train_loss": [], "test_accuracy": []}
+    best = (-1.0, None, -1)
+    model.train()
+    for epoch, perm in enumerate(tqdm(epoch_orders(n, cfg.seed, cfg.epochs), total=cfg.epochs,
+                                      desc="train final model", disable=not progress)):
+        total = 0.0
+        for sl in batch_slices(n, cfg.batch_size):
+            idx = perm[sl]
+            loss = per_sample_loss(model(*(x[idx] for x in inputs)), target[idx], splits.task).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            total += loss.item() * len(idx)
+        history["train_loss"].append(total / n)
+        if cfg.select_best:
+            acc = evaluate(model, splits)["accuracy"]
+            history["test_accuracy"].append(acc)
+            if acc > best[0]:
+                best = (acc, copy.deepcopy(model.state_dict()), epoch)
+            model.train()
+    if cfg.select_best:
+        model.load_state_dict(best[1])
+        history["best_epoch"] = best[2]
+    model.eval()
+    seconds = time.perf_counter() - start
+    model.fimo_history, model.fimo_train_seconds = history, seconds
+    cache.save("final", {"state_dict": model.state_dict(), "history": history, "seconds": seconds})
+    return model
