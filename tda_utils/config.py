@@ -146,6 +146,7 @@ class FurtherTrainingConfig:
     eps: float = 1e-8
     dtype: str = "float32"
     memory_budget_mb: float = 2048.0
+    max_runs_per_chunk: int = 128
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -159,6 +160,7 @@ class FurtherTrainingConfig:
         check_positive("eval_every", self.eval_every, integer=True)
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         check_positive("memory_budget_mb", self.memory_budget_mb)
+        check_positive("max_runs_per_chunk", self.max_runs_per_chunk, integer=True)
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)
         seeds = tuple(int(s) for s in self.seeds)

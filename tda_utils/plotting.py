@@ -1,0 +1,87 @@
+"""Paper-style figures.
+
+Public: ``METHOD_STYLE``, ``method_order``, ``set_style``, ``plot_agreement``, ``save_figure``,
+``time_label``.
+
+One style for every figure: the paper's method order and colours (Grad-Dot C0, Grad-Cos C1,
+DataInf C2, CG C3, LiSSA C4, LiSSA-H C5, EK-FAC C6, TRAK C7), then the unified-view prediction
+(``if_time``, dashed) and explicit influence; seaborn theme; curves are means over test
+instances with +-SEM bands.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+METHOD_STYLE: dict[str, dict] = {
+    "grad_dot": {"label": "Grad-Dot", "color": "C0"},
+    "grad_cos": {"label": "Grad-Cos", "color": "C1"},
+    "datainf": {"label": "DataInf", "color": "C2"},
+    "cg": {"label": "CG", "color": "C3"},
+    "lissa": {"label": "LiSSA", "color": "C4"},
+    "lissa_h": {"label": "LiSSA-H", "color": "C5"},
+    "ekfac": {"label": "EK-FAC", "color": "C6"},
+    "trak": {"label": "TRAK", "color": "C7"},
+    "if_time": {"label": "unified view (IF at time t)", "color": "C8", "linestyle": "--"},
+    "if_explicit": {"label": "IF (explicit Hessian)", "color": "C9", "linestyle": ":"},
+}
+
+
+def method_order(methods: Sequence[str]) -> list[str]:
+    """``methods`` in the paper's order (unknown names last, in their given order)."""
+    known = [m for m in METHOD_STYLE if m in methods]
+    return known + [m for m in methods if m not in METHOD_STYLE]
+
+
+def set_style() -> None:
+    """The seaborn theme used for every figure."""
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=1.1)
+
+
+def time_label(unit: str) -> str:
+    """Axis label for further-training time: "further training epochs" / "steps"."""
+    return {"epoch": "further training epochs", "step": "further training steps"}.get(unit, unit)
+
+
+def plot_agreement(curves: Mapping[str, object], times, time_unit: str = "epoch", ylabel: str = "cosine similarity",
+                   title: str | None = None, ax=None, legend: bool = True):
+    """Agreement vs further-training time, one curve per method with a +-SEM band.
+
+    ``curves``: {method: metrics.Curve}; ``times``: (n_evals,). Returns the figure.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4.8))
+    else:
+        fig = ax.figure
+    t = np.asarray(torch.as_tensor(times).double())
+    for m in method_order(list(curves)):
+        c = curves[m]
+        style = METHOD_STYLE.get(m, {"label": m})
+        mean, sem = np.asarray(c.mean), np.asarray(c.sem)
+        ax.plot(t, mean, label=style.get("label", m), color=style.get("color"), linestyle=style.get("linestyle", "-"))
+        ax.fill_between(t, mean - np.nan_to_num(sem), mean + np.nan_to_num(sem), color=style.get("color"), alpha=0.2,
+                        linewidth=0)
+    ax.set_xlabel(time_label(time_unit))
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, name: str, figures_dir: str | Path) -> list[Path]:
+    """Save ``fig`` as ``<figures_dir>/<name>.png`` (150 dpi) and ``.pdf``; return the paths."""
+    out = Path(figures_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    return paths
