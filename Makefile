@@ -26,7 +26,7 @@ reproduce: $(STAMP)
 	$(PY) -m tda_utils.reproduce --profile $(PROFILE)
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet ruff && $(PY) -m ruff check tda_utils tests benchmarks

@@ -1,8 +1,8 @@
 """Hessian-vector products, Gauss-Newton products, explicit Hessians, spectra and solvers.
 
 Public: ``math_sdpa``, ``output_hessian_apply``, ``output_hessian_sqrt``, ``batch_hvp``,
-``dataset_hvp``, ``explicit_hessian``, ``sqrt_gnh_jacobian``, ``Spectrum``, ``gnh_spectrum``,
-``full_spectrum``, ``lanczos``, ``batched_cg``, ``lissa``, ``grad_stats``, ``activation_numel``.
+``dataset_hvp``, ``explicit_hessian``, ``sqrt_gnh_jacobian``, ``JacobianGNH``, ``Spectrum``, ``gnh_spectrum``,
+``full_spectrum``, ``lanczos``, ``batched_cg``, ``lissa``, ``lissa_gnh_subspace``, ``grad_stats``, ``activation_numel``.
 
 Conventions. Every Hessian here is that of the *mean* loss of the data it is given,
 L(theta) = (1/n) sum_j loss_j(theta), with ``models.per_sample_loss`` (per-sample MSE = mean over
@@ -220,6 +220,31 @@ def sqrt_gnh_jacobian(model: nn.Module, inputs: tuple[torch.Tensor, ...], target
     return torch.cat(parts, dim=0)
 
 
+class JacobianGNH:
+    """Gauss-Newton products from the precomputed rows M (n k, d) of ``sqrt_gnh_jacobian``.
+
+    ``matvec(V)`` = GNH of the mean loss over all n samples times V (m, d): (V M^T) M / n;
+    ``batch_matvec(idx, V)``: the mean-loss GNH of the samples ``idx`` (duplicates allowed) times
+    V. Exact (same numbers as the jvp/vjp products up to rounding), and fast whenever M fits in
+    memory (n k d entries).
+    """
+
+    def __init__(self, M: torch.Tensor, n: int):
+        self.M, self.n = M, n
+        self.k = M.shape[0] // n
+        self.d = M.shape[1]
+
+    def matvec(self, V: torch.Tensor) -> torch.Tensor:
+        return (V @ self.M.T) @ self.M / self.n
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.M.view(self.n, self.k, self.d)[idx.to(self.M.device)].reshape(-1, self.d)
+
+    def batch_matvec(self, idx: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        R = self.rows(idx)
+        return (V @ R.T) @ R / idx.numel()
+
+
 # ----------------------------------------------------------------------------------------------
 # Spectra
 # ----------------------------------------------------------------------------------------------
@@ -398,6 +423,52 @@ def lissa(batch_matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], v:
         est += h / scale
         norms.append((h / scale).norm(dim=1).cpu())
     return est / repeat, {"estimate_norms": torch.stack(norms)}
+
+
+def lissa_gnh_subspace(jac: JacobianGNH, v: torch.Tensor, damping: float, scale: float = 10.0, depth: int = 1000,
+                       batch_size: int = 128, repeat: int = 1, generator: torch.Generator | None = None,
+                       divergence_factor: float = 1e3, rel_tol: float = 1e-12) -> tuple[torch.Tensor, dict]:
+    """``lissa`` for the Gauss-Newton Hessian, run in the row space of the Jacobian rows M.
+
+    Every batch GNH M_B^T M_B / B maps into the row space of M (rank r <= n k), so with an
+    orthonormal basis V (d, r) of that space (from the eigendecomposition of M M^T) the iterate
+    splits into V c_t, updated with the (r, r) batch matrices (M_B V)^T (M_B V) / B, and a
+    component in the complement that follows h_t = v_perp + (1 - damping / scale) h_{t-1} in
+    closed form. Same batches (same ``generator`` draws), same recursion and the same divergence
+    test as ``lissa``; only the arithmetic is reorganised (cost per step B r m instead of B d m).
+    """
+    M = jac.M
+    K = M @ M.T
+    e, U = torch.linalg.eigh(0.5 * (K + K.T))
+    keep = e > rel_tol * e.abs().max().clamp_min(torch.finfo(e.dtype).tiny)
+    e, U = e[keep], U[:, keep]
+    V = (M.T @ U) / e.sqrt()[None, :]  # (d, r) orthonormal
+    MV = (U * e.sqrt()[None, :]).view(jac.n, jac.k, -1)  # rows of M V, per sample
+    cv = v @ V  # (m, r)
+    v_perp = v - cv @ V.T
+    vnorm = v.norm(dim=1)
+    pnorm = v_perp.norm(dim=1)
+    rho = 1.0 - damping / scale
+    est = torch.zeros_like(v)
+    norms = []
+    for _ in range(repeat):
+        c = cv.clone()
+        geo = 1.0  # h_perp_t = geo * v_perp with geo = sum_{i<=t} rho^i
+        for t in range(1, depth + 1):
+            idx = torch.randint(0, jac.n, (batch_size,), generator=generator)
+            R = MV[idx.to(MV.device)].reshape(-1, MV.shape[-1])
+            c = cv + c - (((c @ R.T) @ R) / batch_size + damping * c) / scale
+            geo = 1.0 + rho * geo
+            hn = torch.sqrt((c * c).sum(1) + (geo * pnorm) ** 2)
+            if not torch.isfinite(hn).all() or (hn > divergence_factor * (t + 1) * vnorm).any():
+                raise ValueError(
+                    f"LiSSA diverged at iteration {t} with scale={scale}: the iteration is not a "
+                    f"contraction (the largest eigenvalue of H_B + damping exceeds 2 x scale). Use a larger "
+                    f"`scale` (e.g. {scale * 5:g}) or a larger damping.")
+        h = (c @ V.T + geo * v_perp) / scale
+        est += h
+        norms.append(h.norm(dim=1).cpu())
+    return est / repeat, {"estimate_norms": torch.stack(norms), "subspace_rank": int(V.shape[1])}
 
 
 # ----------------------------------------------------------------------------------------------

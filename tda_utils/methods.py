@@ -49,8 +49,9 @@ from . import ekfac as _ekfac
 from .config import check_choice, check_indices, check_positive
 from .data import Splits
 from .grads import dataset_tensors, frozen_state, iter_per_sample_grads, per_sample_grads, trainable_params
-from .hessian import (HESSIANS, Spectrum, activation_numel, batch_hvp, batched_cg, dataset_hvp, explicit_hessian,
-                      full_spectrum, gnh_spectrum, grad_stats, lanczos, lissa as _lissa_solve, math_sdpa)
+from .hessian import (HESSIANS, JacobianGNH, Spectrum, activation_numel, batch_hvp, batched_cg, dataset_hvp,
+                      explicit_hessian, full_spectrum, gnh_spectrum, grad_stats, lanczos, lissa as _lissa_solve,
+                      lissa_gnh_subspace, math_sdpa, sqrt_gnh_jacobian)
 
 METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {}
 
@@ -302,6 +303,28 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
     return value
 
 
+HVP_MODES = ("auto", "jacobian", "autodiff")
+
+
+def _jacobian_gnh(ctx: _Ctx, hessian: str, hvp_mode: str) -> JacobianGNH | None:
+    """The precomputed-Jacobian GNH when ``hvp_mode`` asks for it (or "auto" and it fits half the
+    memory budget), else None (products by jvp/vjp or jvp-of-grad)."""
+    check_choice("hvp_mode", hvp_mode, HVP_MODES)
+    if hvp_mode == "autodiff":
+        return None
+    if hessian != "gnh":
+        if hvp_mode == "jacobian":
+            raise ValueError("hvp_mode='jacobian' needs hessian='gnh' (the exact Hessian has no such factor); "
+                             "use hvp_mode='autodiff' or 'auto'")
+        return None
+    fits = ctx.n * ctx.k * ctx.d * ctx.elem <= ctx.budget_bytes / 2
+    if hvp_mode == "auto" and not fits:
+        return None
+    with math_sdpa():
+        M = sqrt_gnh_jacobian(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, chunk=ctx.vec_chunk(4 * ctx.k))
+    return JacobianGNH(M, ctx.n)
+
+
 def _spectral_scores(Gq: torch.Tensor, Gt: torch.Tensor, spec: Spectrum, weight: Callable[[torch.Tensor], torch.Tensor]
                      ) -> torch.Tensor:
     """g_q^T w(H) g_t for a spectral function w, (..., Q, T).
@@ -425,8 +448,8 @@ def if_explicit(model, splits, train_indices, query_indices, hessian: str = "gnh
 # ----------------------------------------------------------------------------------------------
 @register_method("cg")
 def cg(model, splits, train_indices, query_indices, hessian: str = "gnh", damping=None, damping_multiple=None,
-       tol: float = 1e-6, max_iter: int = 1000, hvp_batch_size: int = 128, dtype: str | None = None,
-       memory_budget_mb: float = 1024.0):
+       tol: float = 1e-6, max_iter: int = 1000, hvp_batch_size: int = 128, hvp_mode: str = "auto",
+       dtype: str | None = None, memory_budget_mb: float = 1024.0):
     """Influence via conjugate gradient on HVPs, (Q, T): score_i = (1/n) g_i^T x_q with
     (H + lambda I) x_q = g_q, + = helpful.
 
@@ -435,22 +458,24 @@ def cg(model, splits, train_indices, query_indices, hessian: str = "gnh", dampin
     (one batched HVP per iteration; each query has its own CG step sizes and stops when its
     relative residual <= ``tol``), in chunks that fit the memory budget. Diagnostics:
     ``iterations``, ``residuals`` (true relative residuals), ``converged``, ``indefinite`` per
-    query; a warning is issued when some query did not converge.
+    query; a warning is issued when some query did not converge. ``hvp_mode``: "jacobian" (GNH
+    products from the precomputed per-sample output Jacobian, (n k, d): fast), "autodiff"
+    (jvp/vjp per batch of ``hvp_batch_size``) or "auto" (jacobian for the GNH when it fits half
+    the memory budget).
     """
     _check_hessian(hessian)
     _check_number("tol", tol, allow_zero=False)
     _check_int("max_iter", max_iter)
     _check_int("hvp_batch_size", hvp_batch_size)
     ctx = _prepare(model, splits, dtype, memory_budget_mb)
-    return _cg_impl(ctx, train_indices, query_indices, hessian, damping, damping_multiple, tol, max_iter,
-                    hvp_batch_size)
-
-
-def _cg_impl(ctx, train_indices, query_indices, hessian, damping, damping_multiple, tol, max_iter, hvp_batch_size):
     damps, lam0, mode = _resolve_damping(ctx, damping, damping_multiple)
     lam = damps[0][1]
-    hvp = dataset_hvp(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, hessian, hvp_batch_size,
-                      vec_chunk=ctx.hvp_vec_chunk(hvp_batch_size))
+    jac = _jacobian_gnh(ctx, hessian, hvp_mode)
+    if jac is not None:
+        hvp = jac.matvec
+    else:
+        hvp = dataset_hvp(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, hessian, hvp_batch_size,
+                          vec_chunk=ctx.hvp_vec_chunk(hvp_batch_size))
     qchunk = ctx.vec_chunk(8)
     vals, infos = [], []
     for s in range(0, len(query_indices), qchunk):
@@ -459,13 +484,14 @@ def _cg_impl(ctx, train_indices, query_indices, hessian, damping, damping_multip
         vals.append(_scores_vs_train(ctx, X, train_indices) / ctx.n)
         infos.append(info)
     diag = {key: torch.cat([i[key] for i in infos]) for key in infos[0]}
-    diag.update(lambda0=lam0, damping=lam, damping_mode=mode, hessian=hessian, tol=tol, max_iter=max_iter)
+    diag.update(lambda0=lam0, damping=lam, damping_mode=mode, hessian=hessian, tol=tol, max_iter=max_iter,
+                hvp_mode="jacobian" if jac is not None else "autodiff")
     n_bad = int((~diag["converged"]).sum())
     if n_bad:
         warnings.warn(f"cg: {n_bad} of {len(query_indices)} queries did not reach tol={tol} within "
                       f"max_iter={max_iter} (max relative residual {float(diag['residuals'].max()):.2e}"
                       f"{'; the damped Hessian is indefinite for some' if bool(diag['indefinite'].any()) else ''})",
-                      stacklevel=3)
+                      stacklevel=2)
     return torch.cat(vals, dim=0), diag
 
 
@@ -473,7 +499,7 @@ def _cg_impl(ctx, train_indices, query_indices, hessian, damping, damping_multip
 # LiSSA
 # ----------------------------------------------------------------------------------------------
 def _lissa_impl(model, splits, train_indices, query_indices, hessian, damping, damping_multiple, depth, scale,
-                batch_size, repeat, seed, divergence_factor, dtype, memory_budget_mb):
+                batch_size, repeat, seed, divergence_factor, hvp_mode, dtype, memory_budget_mb):
     _check_hessian(hessian)
     _check_int("depth", depth)
     _check_number("scale", scale, allow_zero=False)
@@ -485,6 +511,7 @@ def _lissa_impl(model, splits, train_indices, query_indices, hessian, damping, d
     damps, lam0, mode = _resolve_damping(ctx, damping, damping_multiple)
     lam = damps[0][1]
     vchunk = ctx.hvp_vec_chunk(batch_size)
+    jac = _jacobian_gnh(ctx, hessian, hvp_mode)
 
     def batch_matvec(idx: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         idx = idx.to(ctx.device)
@@ -496,20 +523,24 @@ def _lissa_impl(model, splits, train_indices, query_indices, hessian, damping, d
     for s in range(0, len(query_indices), qchunk):
         Gq = ctx.grads("test", query_indices[s:s + qchunk])
         gen = torch.Generator().manual_seed(seed)  # same batches for every query chunk
-        est, info = _lissa_solve(batch_matvec, Gq, ctx.n, lam, scale, depth, batch_size, repeat, gen,
-                                 divergence_factor)
+        if jac is not None:
+            est, info = lissa_gnh_subspace(jac, Gq, lam, scale, depth, batch_size, repeat, gen, divergence_factor)
+        else:
+            est, info = _lissa_solve(batch_matvec, Gq, ctx.n, lam, scale, depth, batch_size, repeat, gen,
+                                     divergence_factor)
         vals.append(_scores_vs_train(ctx, est, train_indices) / ctx.n)
         norms.append(info["estimate_norms"])
     diag = {"lambda0": lam0, "damping": lam, "damping_mode": mode, "hessian": hessian, "depth": depth,
             "scale": scale, "batch_size": batch_size, "repeat": repeat, "seed": seed,
-            "estimate_norms": torch.cat(norms, dim=1)}
+            "estimate_norms": torch.cat(norms, dim=1), "hvp_mode": "jacobian" if jac is not None else "autodiff"}
     return torch.cat(vals, dim=0), diag
 
 
 @register_method("lissa")
 def lissa(model, splits, train_indices, query_indices, hessian: str = "gnh", damping=None, damping_multiple=None,
           depth: int = 1000, scale: float = 10.0, batch_size: int = 128, repeat: int = 1, seed: int = 0,
-          divergence_factor: float = 1e3, dtype: str | None = None, memory_budget_mb: float = 1024.0):
+          divergence_factor: float = 1e3, hvp_mode: str = "auto", dtype: str | None = None,
+          memory_budget_mb: float = 1024.0):
     """LiSSA, (Q, T): score_i = (1/n) g_i^T est_q, est_q ~ (H + lambda I)^{-1} g_q, + = helpful.
 
     The paper's stochastic Neumann series: h_0 = v = g_q, h_t = v + h_{t-1} - (H_{B_t} + lambda I)
@@ -517,20 +548,22 @@ def lissa(model, splits, train_indices, query_indices, hessian: str = "gnh", dam
     B_t are ``batch_size`` training indices drawn with replacement (torch.Generator seeded by
     ``seed``; every query sees the same batches). ``hessian="gnh"`` (LiSSA) or "exact" (LiSSA-H,
     also registered as ``lissa_h``). Batched over queries. Raises ValueError (suggesting a larger
-    ``scale``) when the iteration diverges. The paper used depth 5000.
+    ``scale``) when the iteration diverges. The paper used depth 5000. ``hvp_mode`` as in ``cg``;
+    with "jacobian" the same recursion (same batches) runs in the row space of the Jacobian
+    (``hessian.lissa_gnh_subspace``), a second or two on the Concrete MLP.
     """
     return _lissa_impl(model, splits, train_indices, query_indices, hessian, damping, damping_multiple, depth,
-                       scale, batch_size, repeat, seed, divergence_factor, dtype, memory_budget_mb)
+                       scale, batch_size, repeat, seed, divergence_factor, hvp_mode, dtype, memory_budget_mb)
 
 
 @register_method("lissa_h")
 def lissa_h(model, splits, train_indices, query_indices, hessian: str = "exact", damping=None,
             damping_multiple=None, depth: int = 1000, scale: float = 10.0, batch_size: int = 128, repeat: int = 1,
-            seed: int = 0, divergence_factor: float = 1e3, dtype: str | None = None,
+            seed: int = 0, divergence_factor: float = 1e3, hvp_mode: str = "auto", dtype: str | None = None,
             memory_budget_mb: float = 1024.0):
     """LiSSA-H: ``lissa`` with the exact (indefinite) Hessian by default."""
     return _lissa_impl(model, splits, train_indices, query_indices, hessian, damping, damping_multiple, depth,
-                       scale, batch_size, repeat, seed, divergence_factor, dtype, memory_budget_mb)
+                       scale, batch_size, repeat, seed, divergence_factor, hvp_mode, dtype, memory_budget_mb)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -91,3 +91,65 @@ def agreement(tau: torch.Tensor, scores: torch.Tensor, metric: str = "cosine") -
     mean = torch.where(cnt > 0, mean, nan)
     sem = torch.where(cnt > 1, sem, nan)
     return Curve(mean=mean, sem=sem, values=vals, n_nan=(~ok).sum(-1), metric=metric)
+
+
+@dataclasses.dataclass
+class SeedCurve:
+    """Best agreement (max over time) vs the number of seeds averaged (Figs. 3, 7, 8, 9).
+
+    ``ks``: seeds per group; ``best``, ``sem``: (len(ks),); ``best_time_index``: argmax over time;
+    ``n_groups``: floor(n_seeds / k) non-overlapping groups of consecutive seeds.
+    """
+
+    ks: list[int]
+    best: torch.Tensor
+    sem: torch.Tensor
+    best_time_index: list[int]
+    n_groups: list[int]
+
+
+def seed_group_agreement(per_seed: torch.Tensor, scores: torch.Tensor, ks=(1, 2, 5, 10, 20, 50, 100),
+                         metric: str = "cosine") -> SeedCurve:
+    """The paper's seed-averaging analysis.
+
+    ``per_seed``: (n_evals, n_seeds, n_query, n_left_out), e.g. ``FurtherTrainingResult.per_seed``;
+    ``scores``: (n_query, n_left_out) or (n_evals, n_query, n_left_out). For each k (clipped to
+    the seeds available) the seeds are averaged in floor(n_seeds / k) non-overlapping blocks of k
+    (as ``avg_pool1d(kernel_size=k)``); agreement is computed per (time, query, group); the value
+    is the max over time of the mean over (query, group), its SEM the std at that time over
+    (query, group) divided by sqrt(n_query * n_groups). NaNs (constant vectors) are left out.
+    """
+    check_choice("metric", metric, METRICS)
+    n_seeds = per_seed.shape[1]
+    ks = sorted({int(k) for k in ks if 1 <= int(k) <= n_seeds})
+    if not ks:
+        raise ValueError(f"ks has no value between 1 and n_seeds={n_seeds}")
+    fn = cosine_rows if metric == "cosine" else spearman_rows
+    best, sem, arg, groups = [], [], [], []
+    for k in ks:
+        g = n_seeds // k
+        tau = per_seed[:, : g * k].reshape(per_seed.shape[0], g, k, *per_seed.shape[2:]).mean(2)  # (E, G, Q, L)
+        s = scores if scores.ndim == 2 else scores[:, None]
+        vals = fn(tau, s)  # (E, G, Q)
+        flat = vals.reshape(vals.shape[0], -1)
+        ok = ~torch.isnan(flat)
+        cnt = ok.sum(1).clamp(min=1)
+        mean = torch.where(ok, flat, 0.0).sum(1) / cnt
+        j = int(torch.nan_to_num(torch.where(ok.any(1), mean, float("nan")), nan=-2.0).argmax())
+        v = flat[j][ok[j]]
+        best.append(mean[j])
+        sem.append(v.std() / math.sqrt(v.numel()) if v.numel() > 1 else torch.tensor(float("nan")))
+        arg.append(j)
+        groups.append(g)
+    return SeedCurve(ks=ks, best=torch.stack(best), sem=torch.stack(sem).double(), best_time_index=arg,
+                     n_groups=groups)
+
+
+def sorted_scores(values: torch.Tensor) -> torch.Tensor:
+    """Fig. 10: each query's scores sorted ascending, averaged over queries, L2-normalised.
+
+    ``values``: (n_query, n_left_out) -> (n_left_out,).
+    """
+    curve = values.double().sort(dim=-1).values.mean(0)
+    norm = curve.norm()
+    return curve / norm if norm > 0 else curve

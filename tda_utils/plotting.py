@@ -85,3 +85,59 @@ def save_figure(fig, name: str, figures_dir: str | Path) -> list[Path]:
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight")
     return paths
+
+
+def plot_seed_curves(seed_curves: Mapping[str, object], title: str | None = None, ax=None, legend: bool = True):
+    """Best agreement (max over time) vs number of seeds averaged, semilog-x (Figs. 3, 7-9).
+
+    ``seed_curves``: {method: metrics.SeedCurve}. Returns the figure.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    else:
+        fig = ax.figure
+    for m in method_order(list(seed_curves)):
+        c = seed_curves[m]
+        style = METHOD_STYLE.get(m, {"label": m})
+        ax.errorbar(c.ks, np.asarray(c.best), yerr=np.nan_to_num(np.asarray(c.sem)), marker="o", capsize=3,
+                    label=style.get("label", m), color=style.get("color"), linestyle=style.get("linestyle", "-"))
+    ax.set_xscale("log")
+    ax.set_xlabel("number of seeds averaged")
+    ax.set_ylabel("best cosine similarity (max over time)")
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sorted_scores(curves: Mapping[str, object], title: str | None = None, ax=None, legend: bool = True):
+    """Sorted attribution scores (Fig. 10): {label: (n_left_out,) L2-normalised curve}.
+
+    Method keys of ``METHOD_STYLE`` get their colour; other labels (further training at a time)
+    are drawn in black/grey with solid/dashed lines.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4.8))
+    else:
+        fig = ax.figure
+    others = 0
+    for label, curve in curves.items():
+        y = np.asarray(torch.as_tensor(curve).double())
+        if label in METHOD_STYLE:
+            st = METHOD_STYLE[label]
+            ax.plot(np.arange(1, len(y) + 1), y, label=st["label"], color=st["color"])
+        else:
+            ax.plot(np.arange(1, len(y) + 1), y, label=label, color=("k", "0.45", "0.7")[others % 3],
+                    linestyle=("-", "--", ":")[others % 3])
+            others += 1
+    ax.axhline(0, color="0.6", linewidth=0.8)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("sorted attribution score")
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    return fig
