@@ -47,7 +47,8 @@ def load_data(dataset: str, data_path: str | None = None, seed: int = 0, **optio
         name = next((p for p in ("path", "root_dir", "root") if p in accepted), None)
         if name is None:
             raise ValueError(f"data_path is given but dataset {dataset!r} reads no local files; set data_path=None")
-        options[name] = data_path
+        path = Path(data_path).expanduser()
+        options[name] = str(path if path.is_absolute() else repo_root() / path)
     return load_dataset(dataset, seed=seed, **options)
 
 
@@ -116,6 +117,41 @@ def agreement_curves(tau: torch.Tensor, scores: Mapping[str, AttributionScores],
     return {m: agreement(tau, method_values(s), metric) for m, s in scores.items()}
 
 
+def applicable(scores: Mapping[str, AttributionScores], gold: FurtherTrainingResult,
+               splits: Splits | None = None) -> dict[str, AttributionScores]:
+    """The scores that can be compared with ``gold``: time-resolved predictions (``if_time``) only
+    when they were made for this gold standard (SGD, same learning rate and times)."""
+    out = {}
+    for m, s in scores.items():
+        if "values_by_time" in s.diagnostics:
+            times = s.config.get("times")
+            same = (gold.config.optimizer == "sgd" and s.config.get("lr") == gold.config.lr
+                    and times is not None and len(times) == len(gold.times)
+                    and (splits is None or torch.allclose(torch.as_tensor(times).double(), gold_steps(gold, splits))))
+            if not same:
+                continue
+        out[m] = s
+    return out
+
+
+def reference_score(splits: Splits) -> dict[str, float]:
+    """A scikit-learn reference on the same split, as the paper checks its MLP: ridge regression
+    (test MSE, R^2) or logistic regression and gradient boosting (test accuracy)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    xtr, ytr = (t.reshape(len(t), -1).double().numpy() for t in splits.train.tensors)
+    xte, yte = (t.reshape(len(t), -1).double().numpy() for t in splits.test.tensors)
+    if splits.task == "regression":
+        pred = Ridge(alpha=1.0).fit(xtr, ytr).predict(xte)
+        mse = float(((pred - yte) ** 2).mean())
+        return {"ridge_test_mse": mse, "ridge_test_r2": 1 - mse / float(yte.var())}
+    ytr, yte = ytr.ravel(), yte.ravel()
+    lr = LogisticRegression(max_iter=2000).fit(xtr, ytr)
+    gb = HistGradientBoostingClassifier(random_state=0).fit(xtr, ytr)
+    return {"logistic_test_accuracy": float(lr.score(xte, yte)), "boosting_test_accuracy": float(gb.score(xte, yte))}
+
+
 def summary_table(curves: Mapping[str, Curve], times, scores: Mapping[str, AttributionScores] | None = None) -> pd.DataFrame:
     """Per method: agreement (mean +- SEM) at the first evaluation, at its best and at the last,
     the time of the best, and the method's wall time."""
@@ -135,3 +171,116 @@ def summary_table(curves: Mapping[str, Curve], times, scores: Mapping[str, Attri
             row["wall_time_s"] = round(scores[m].wall_time, 2)
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-dataset paper panels (one call per figure keeps the notebooks free of copied cells)
+# ----------------------------------------------------------------------------------------------
+FIGURE_NAMES = {
+    "fig2": "cos_sim_epochs_{opt}_{ds}", "fig6": "spearman_epochs_{opt}_{ds}",
+    "fig5": "cos_sim_epochs_{opt}_subfull_{ds}", "fig4": "cos_sim_epochs_{opt}_{ds}",
+    "fig7": "cos_sim_seeds_{opt}_{ds}", "fig8": "cos_sim_seeds_{opt}_{ds}", "fig9": "cos_sim_seeds_{opt}_subfull_{ds}",
+    "fig10": "attrib_scores_{ds}", "fig11": "cos_sim_epochs_re-train_{ds}",
+}
+
+
+def figure_name(fig_id: str, dataset: str, optimizer: str = "sgd") -> str:
+    """File stem of a per-dataset panel: ``<fig_id>_<the paper's file name>``, e.g.
+    ``fig2_cos_sim_epochs_sgd_concrete``."""
+    if fig_id not in FIGURE_NAMES:
+        raise ValueError(f"fig_id={fig_id!r} is not valid; allowed values: {', '.join(FIGURE_NAMES)}")
+    return f"{fig_id}_" + FIGURE_NAMES[fig_id].format(opt=optimizer, ds=dataset)
+
+
+def agreement_figure(fig_id: str, gold: FurtherTrainingResult, scores: Mapping[str, AttributionScores],
+                     dataset: str, figures_dir, subtract_mean: bool = True, metric: str = "cosine",
+                     seeds=None, note: str = "", xlabel: str | None = None):
+    """Agreement vs further-training time for every method (Figs. 2, 4, 5, 6, 11).
+
+    Returns ``(figure, {method: Curve})``; the figure is saved as PNG + PDF.
+    """
+    from . import plotting
+
+    tau = gold.attribution(subtract_mean=subtract_mean, seeds=seeds)
+    curves = agreement_curves(tau, applicable(scores, gold), metric)
+    ylabel = "cosine similarity" if metric == "cosine" else "Spearman correlation"
+    adj = "" if subtract_mean else ", full-data run subtracted only"
+    title = f"{fig_id.replace('fig', 'Fig. ')}: {dataset}, {gold.config.optimizer.upper()}{adj}" + (f"\n{note}" if note else "")
+    fig = plotting.plot_agreement(curves, gold.times, gold.time_unit, ylabel, title=title, xlabel=xlabel)
+    plotting.save_figure(fig, figure_name(fig_id, dataset, gold.config.optimizer), figures_dir)
+    return fig, curves
+
+
+def seed_figure(fig_id: str, gold: FurtherTrainingResult, scores: Mapping[str, AttributionScores], dataset: str,
+                figures_dir, subtract_mean: bool = True, ks=(1, 2, 5, 10, 20, 50, 100), note: str = ""):
+    """Best cosine agreement vs number of seeds averaged (Figs. 3/7, 8, 9).
+
+    Returns ``(figure, {method: SeedCurve})``.
+    """
+    from . import plotting
+    from .metrics import seed_group_agreement
+
+    per_seed = gold.per_seed(subtract_mean=subtract_mean)
+    curves = {m: seed_group_agreement(per_seed, method_values(s), ks) for m, s in applicable(scores, gold).items()}
+    adj = "" if subtract_mean else ", full-data run subtracted only"
+    title = f"{fig_id.replace('fig', 'Fig. ')}: {dataset}, {gold.config.optimizer.upper()}{adj}" + (f"\n{note}" if note else "")
+    fig = plotting.plot_seed_curves(curves, title=title)
+    plotting.save_figure(fig, figure_name(fig_id, dataset, gold.config.optimizer), figures_dir)
+    return fig, curves
+
+
+def sorted_scores_figure(gold: FurtherTrainingResult, scores: Mapping[str, AttributionScores], dataset: str,
+                         figures_dir, time_indices=(0,), methods=("grad_dot", "grad_cos")):
+    """Fig. 10: sorted attribution scores of Grad-Dot, Grad-Cos and further training at the
+    evaluation indices ``time_indices``. Returns ``(figure, {label: curve})``."""
+    from . import plotting
+    from .metrics import sorted_scores
+
+    tau = gold.attribution(subtract_mean=True)
+    curves = {m: sorted_scores(scores[m].values) for m in methods if m in scores}
+    unit = "epoch" if gold.time_unit == "epoch" else "step"
+    for j in time_indices:
+        t = gold.times[j].item()
+        curves[f"further training, {unit} {t:g}"] = sorted_scores(tau[j])
+    fig = plotting.plot_sorted_scores(curves, title=f"Fig. 10: {dataset}")
+    plotting.save_figure(fig, figure_name("fig10", dataset), figures_dir)
+    return fig, curves
+
+
+def top_instances(gold: FurtherTrainingResult, scores: Mapping[str, AttributionScores], query_positions=(0, 1, 2),
+                  k: int = 3, time_index: int = 0) -> pd.DataFrame:
+    """Table 2: for each query, the ``k`` most helpful and most harmful left-out instances by the
+    gold standard (seed-averaged tau at ``time_index``), with every method's score and rank
+    (1 = most helpful) for the same instances."""
+    tau = gold.attribution(subtract_mean=True)[time_index]  # (Q, L)
+    rows = []
+    for qp in query_positions:
+        if not 0 <= qp < tau.shape[0]:
+            raise ValueError(f"query position {qp} is out of range [0, {tau.shape[0]})")
+        order = tau[qp].argsort(descending=True).tolist()
+        for kind, picks in (("helpful", order[:k]), ("harmful", order[::-1][:k])):
+            for pos in picks:
+                row = {"query": gold.query_indices[qp], "kind": kind, "train_index": gold.left_out[pos],
+                       "tau": float(tau[qp, pos])}
+                for m, s in scores.items():
+                    v = s.values[qp]
+                    row[f"{m}_score"] = float(v[pos])
+                    row[f"{m}_rank"] = int((v > v[pos]).sum()) + 1
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def save_panels(panels: Mapping[str, Any], profile: str, notebook: str, dataset: str, results_dir=None) -> Path:
+    """Store a notebook's panel data for ``05_paper_figures`` under
+    ``<results>/panels/<profile>/<notebook>__<dataset>.pt`` (atomic)."""
+    from .cache import atomic_save
+
+    path = Path(results_dir or default_results_dir()) / "panels" / profile / f"{notebook}__{dataset}.pt"
+    atomic_save(dict(panels), path)
+    return path
+
+
+def load_panels(profile: str, results_dir=None) -> dict[str, dict]:
+    """All stored panel data of ``profile``: {"<notebook>__<dataset>": panels}."""
+    folder = Path(results_dir or default_results_dir()) / "panels" / profile
+    return {p.stem: torch.load(p, weights_only=False) for p in sorted(folder.glob("*.pt"))} if folder.exists() else {}

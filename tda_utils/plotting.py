@@ -50,7 +50,7 @@ def time_label(unit: str) -> str:
 
 
 def plot_agreement(curves: Mapping[str, object], times, time_unit: str = "epoch", ylabel: str = "cosine similarity",
-                   title: str | None = None, ax=None, legend: bool = True):
+                   title: str | None = None, ax=None, legend: bool = True, xlabel: str | None = None):
     """Agreement vs further-training time, one curve per method with a +-SEM band.
 
     ``curves``: {method: metrics.Curve}; ``times``: (n_evals,). Returns the figure.
@@ -67,7 +67,7 @@ def plot_agreement(curves: Mapping[str, object], times, time_unit: str = "epoch"
         ax.plot(t, mean, label=style.get("label", m), color=style.get("color"), linestyle=style.get("linestyle", "-"))
         ax.fill_between(t, mean - np.nan_to_num(sem), mean + np.nan_to_num(sem), color=style.get("color"), alpha=0.2,
                         linewidth=0)
-    ax.set_xlabel(time_label(time_unit))
+    ax.set_xlabel(xlabel or time_label(time_unit))
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
