@@ -141,3 +141,75 @@ def plot_sorted_scores(curves: Mapping[str, object], title: str | None = None, a
         ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
     return fig
+
+
+#: the paper's panel order, with the datasets of this suite that fill each slot (first found wins)
+PAPER_PANELS: dict[str, tuple[str, ...]] = {
+    "a": ("concrete",), "b": ("energy", "diabetes"), "c": ("heloc", "credit"), "d": ("folktables", "cps1988"),
+    "e": ("cifar10", "mnist", "fashion_mnist"), "f": ("sst2", "finefood"),
+}
+#: which slots each multi-panel figure of the paper has
+FIGURE_SLOTS: dict[str, tuple[str, ...]] = {
+    "fig2": tuple("abcdef"), "fig5": tuple("abcdef"), "fig6": tuple("abcdef"), "fig7": tuple("abcdef"),
+    "fig9": tuple("abcdef"), "fig10": tuple("abcdef"), "fig4": tuple("abcd"), "fig8": tuple("abcd"),
+    "fig11": tuple("ab"), "fig3": ("d", "f"),
+}
+TIME_FIGURES = {"fig2": "cosine similarity", "fig4": "cosine similarity", "fig5": "cosine similarity",
+                "fig6": "Spearman correlation", "fig11": "cosine similarity"}
+SEED_FIGURES = ("fig3", "fig7", "fig8", "fig9")
+
+
+def panel_datasets(available: Sequence[str], slots: Mapping[str, Sequence[str]] = PAPER_PANELS) -> dict[str, str | None]:
+    """{panel letter: the dataset shown there, or None when none of its datasets has results}."""
+    return {k: next((d for d in cands if d in available), None) for k, cands in slots.items()}
+
+
+def compose_figure(fig_id: str, panels_by_dataset: Mapping[str, Mapping], slots: Mapping[str, Sequence[str]] = PAPER_PANELS,
+                   title: str | None = None):
+    """A multi-panel paper figure: one panel per slot in the paper's order, one shared legend.
+
+    ``panels_by_dataset``: {dataset: the panel data saved by its notebook (``save_panels``)}. A slot
+    whose dataset has no results (or no data for this figure) shows a note instead of failing.
+    """
+    if slots is PAPER_PANELS and fig_id in FIGURE_SLOTS:
+        slots = {k: PAPER_PANELS[k] for k in FIGURE_SLOTS[fig_id]}
+    chosen = panel_datasets(list(panels_by_dataset), slots)
+    n = len(chosen)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4.2 * rows), squeeze=False)
+    handles: dict[str, object] = {}
+    key = "fig7" if fig_id == "fig3" else fig_id
+    for ax, (letter, ds) in zip(axes.flat, chosen.items()):
+        data = panels_by_dataset.get(ds) if ds else None
+        if data is None or key not in data:
+            missing = " / ".join(slots[letter])
+            why = "no results" if data is None else f"no {fig_id} data"
+            ax.text(0.5, 0.5, f"({letter}) {missing}:\n{why} for this profile", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=10, color="0.4")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        if key in TIME_FIGURES:
+            times = data.get("times_adam" if key == "fig4" else "times_retrain" if key == "fig11" else "times")
+            plot_agreement(data[key], times, data.get("time_unit", "epoch"), TIME_FIGURES[key], ax=ax, legend=False,
+                           xlabel="re-training epochs" if key == "fig11" else None)
+        elif key in SEED_FIGURES:
+            plot_seed_curves(data[key], ax=ax, legend=False)
+        elif key == "fig10":
+            plot_sorted_scores(data[key], ax=ax, legend=True)
+        else:
+            raise ValueError(f"fig_id={fig_id!r} is not valid; allowed values: "
+                             f"{', '.join(sorted([*TIME_FIGURES, *SEED_FIGURES, 'fig10']))}")
+        ax.set_title(f"({letter}) {ds}")
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    if handles and key != "fig10":
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)),
+                   bbox_to_anchor=(0.5, -0.02), fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06 if handles and key != "fig10" else 0, 1, 1))
+    return fig

@@ -38,15 +38,28 @@ def test_notebook_structure(path):
     assert nb["cells"][0]["cell_type"] == "markdown" and "Fig" in "".join(nb["cells"][0]["source"])
 
 
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory):
+    """One results folder for all smoke runs, so 05_paper_figures (run last) composes theirs."""
+    return tmp_path_factory.mktemp("smoke")
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("run", SMOKE, ids=lambda r: r.name)
-def test_papermill_smoke_run(run, tmp_path):
-    run.parameters = {**run.parameters, "results_dir": str(tmp_path / "results")}
-    rows = reproduce.run([run], "smoke", reports_dir=tmp_path / "reports", figures_dir=tmp_path / "figures")
+def test_papermill_smoke_run(run, smoke_dir):
+    run.parameters = {**run.parameters, "results_dir": str(smoke_dir / "results")}
+    if run.notebook == "05_paper_figures":
+        run.parameters["update_readme"] = False
+    rows = reproduce.run([run], "smoke", reports_dir=smoke_dir / "reports", figures_dir=smoke_dir / "figures")
     assert rows[0]["status"] == "ok", rows[0]["detail"]
-    assert (tmp_path / "reports" / f"{run.name}.ipynb").exists()
-    pngs = sorted((tmp_path / "figures").glob("*.png"))
+    assert (smoke_dir / "reports" / f"{run.name}.ipynb").exists()
+    pngs = sorted((smoke_dir / "figures").glob("*.png"))
     assert pngs and all(p.with_suffix(".pdf").exists() for p in pngs)
+    if run.notebook == "05_paper_figures":
+        done = {r.name for r in SMOKE if r.notebook != "05_paper_figures"}
+        assert {p.stem for p in (smoke_dir / "results" / "panels" / "smoke").glob("*.pt")} == done
+        assert (smoke_dir / "figures" / "fig2_all_datasets.png").exists()
+        assert (smoke_dir / "figures" / "summary.csv").read_text().count("Grad-Dot") == len(done)
 
 
 @pytest.mark.notebook
