@@ -1,0 +1,99 @@
+"""Figure functions on smoke-size results: files, panels, curves and labels."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+import tda_utils as tu
+from tda_utils import experiment, plotting
+
+from .conftest import make_splits, tiny_model
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    splits = make_splits("regression", n_train=30)
+    model = tiny_model(splits)
+    cfg = tu.FurtherTrainingConfig(lr=0.05, epochs=4, batch_size=8, seeds=range(4), left_out=range(0, 30, 3),
+                                   dtype="float64")
+    gold = tu.further_train(model, splits, cfg, cache_dir=None, progress=False)
+    scores = experiment.run_methods(["grad_cos", "grad_dot"], model, splits, list(cfg.left_out),
+                                    list(range(splits.n_test)), progress=False)
+    return splits, gold, scores
+
+
+def labels(ax):
+    return [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+def test_agreement_figure_files_curves_labels(small_run, tmp_path):
+    _, gold, scores = small_run
+    fig, curves = experiment.agreement_figure("fig2", gold, scores, "tiny", tmp_path)
+    ax = fig.axes[0]
+    assert labels(ax) == ["Grad-Dot", "Grad-Cos"]  # the paper's order, whatever the dict order
+    assert ax.get_xlabel() == "further training epochs" and ax.get_ylabel() == "cosine similarity"
+    assert [line.get_color() for line in ax.get_lines()[:2]] == ["C0", "C1"]
+    assert list(ax.get_lines()[0].get_xdata()) == [1, 2, 3, 4]
+    assert (tmp_path / "fig2_cos_sim_epochs_sgd_tiny.png").exists() and (tmp_path / "fig2_cos_sim_epochs_sgd_tiny.pdf").exists()
+    torch.testing.assert_close(torch.as_tensor(ax.get_lines()[0].get_ydata()), curves["grad_dot"].mean)
+    fig6, _ = experiment.agreement_figure("fig6", gold, scores, "tiny", tmp_path, metric="spearman")
+    assert fig6.axes[0].get_ylabel() == "Spearman correlation"
+    fig5, c5 = experiment.agreement_figure("fig5", gold, scores, "tiny", tmp_path, subtract_mean=False)
+    assert (tmp_path / "fig5_cos_sim_epochs_sgd_subfull_tiny.png").exists()
+    assert not torch.allclose(c5["grad_dot"].mean, curves["grad_dot"].mean)
+    plt.close("all")
+
+
+def test_seed_and_sorted_figures(small_run, tmp_path):
+    _, gold, scores = small_run
+    fig, seed_curves = experiment.seed_figure("fig7", gold, scores, "tiny", tmp_path, ks=(1, 2, 4, 100))
+    assert seed_curves["grad_dot"].ks == [1, 2, 4] and seed_curves["grad_dot"].n_groups == [4, 2, 1]
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "number of seeds averaged"
+    assert (tmp_path / "fig7_cos_sim_seeds_sgd_tiny.pdf").exists()
+    fig10, curves = experiment.sorted_scores_figure(gold, scores, "tiny", tmp_path, time_indices=(0, 3))
+    assert list(curves) == ["grad_dot", "grad_cos", "further training, epoch 1", "further training, epoch 4"]
+    assert all(abs(float(c.norm()) - 1) < 1e-12 for c in curves.values())
+    assert labels(fig10.axes[0]) == ["Grad-Dot", "Grad-Cos", "further training, epoch 1", "further training, epoch 4"]
+    assert fig10.axes[0].get_xlabel() == "rank"
+    plt.close("all")
+
+
+def test_top_instances_table(small_run):
+    _, gold, scores = small_run
+    table = experiment.top_instances(gold, scores, query_positions=(0, 2), k=2)
+    assert len(table) == 8 and set(table["kind"]) == {"helpful", "harmful"}
+    tau0 = gold.attribution()[0]
+    first = table.iloc[0]
+    assert first["train_index"] == gold.left_out[int(tau0[0].argmax())]
+    assert first["tau"] == pytest.approx(float(tau0[0].max()))
+    assert 1 <= first["grad_dot_rank"] <= len(gold.left_out)
+
+
+def test_compose_figure_with_a_missing_dataset(small_run, tmp_path):
+    _, gold, scores = small_run
+    _, curves = experiment.agreement_figure("fig2", gold, scores, "tiny", tmp_path)
+    panels = {"concrete": {"fig2": curves, "times": gold.times, "time_unit": "epoch"}}
+    fig = plotting.compose_figure("fig2", panels, title="Fig. 2")
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 6
+    assert axes[0].get_title() == "(a) concrete" and labels(axes[0]) == ["Grad-Dot", "Grad-Cos"]
+    assert "no results" in axes[1].texts[0].get_text() and "energy / diabetes" in axes[1].texts[0].get_text()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Grad-Dot", "Grad-Cos"]
+    fig11 = plotting.compose_figure("fig11", panels)
+    assert len([ax for ax in fig11.axes if ax.get_visible()]) == 2
+    assert "no fig11 data" in fig11.axes[0].texts[0].get_text()
+    summary = experiment.cross_dataset_summary({"01__concrete": panels["concrete"]})
+    assert list(summary["method"]) == ["Grad-Dot", "Grad-Cos"]
+    assert summary["first"].iloc[0] == pytest.approx(float(curves["grad_dot"].mean[0]))
+    plt.close("all")
+
+
+def test_crossing_time():
+    mk = lambda xs: tu.Curve(mean=torch.tensor(xs, dtype=torch.float64), sem=torch.zeros(len(xs)),  # noqa: E731
+                             values=torch.zeros(len(xs), 1), n_nan=torch.zeros(len(xs)), metric="cosine")
+    times = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert experiment.crossing_time({"grad_dot": mk([0.9, 0.7, 0.5, 0.3]), "cg": mk([0.4, 0.5, 0.6, 0.6])}, times) == 3.0
+    assert experiment.crossing_time({"grad_dot": mk([0.9, 0.8, 0.8, 0.8]), "cg": mk([0.4, 0.5, 0.6, 0.6])}, times) is None
+    assert experiment.crossing_time({"grad_dot": mk([0.9, 0.8, 0.8, 0.8])}, times) is None
