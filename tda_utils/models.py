@@ -56,6 +56,13 @@ def mlp(splits: Splits, hidden: int = 128, depth: int = 2) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+@register_model("linear")
+def linear(splits: Splits) -> nn.Module:
+    """A linear model (one ``nn.Linear`` in an ``nn.Sequential``): linear or logistic regression,
+    the convex case where every quantity of the unified view is exact."""
+    return nn.Sequential(nn.Linear(splits.n_features, splits.n_outputs))
+
+
 def per_sample_loss(output: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
     """Per-sample loss, shape (..., ) from output (..., k) and target.
 

@@ -1,7 +1,7 @@
 """Training the final model and evaluating it.
 
 Public: ``epoch_orders``, ``batch_slices``, ``make_optimizer``, ``train_model``, ``evaluate``,
-``per_sample_losses``, ``model_key``.
+``per_sample_losses``, ``model_key``, ``fit_linear_exact``.
 
 Batch order (design.md §6): seed s makes ``torch.Generator().manual_seed(s)`` and each epoch's
 order is what ``torch.utils.data.RandomSampler(train, generator=g)`` yields for that epoch (torch's
@@ -140,3 +140,27 @@ def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..
     model.fimo_history, model.fimo_train_seconds = history, seconds
     cache.save("final", {"state_dict": model.state_dict(), "history": history, "seconds": seconds})
     return model
+
+
+@torch.no_grad()
+def fit_linear_exact(model: nn.Module, splits: Splits, weight_decay: float = 0.0) -> nn.Module:
+    """Set a ``linear`` regression model to the exact minimiser of its training objective.
+
+    Objective (what SGD with ``weight_decay`` minimises): mean over samples of the per-sample
+    MSE (averaged over outputs) + (weight_decay / 2) ||theta||^2, theta = (W, b), all entries
+    penalised. Solved in float64 from the normal equations
+    (2 / (n k) A^T A + weight_decay I) theta = 2 / (n k) A^T Y with A = [X, 1], k outputs.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if splits.task != "regression" or len(layers) != 1 or layers[0].bias is None:
+        raise ValueError("fit_linear_exact needs a regression task and a model with one nn.Linear layer with bias "
+                         "(build_model('linear', splits))")
+    lin = layers[0]
+    x, y = splits.train.tensors[0].double(), splits.train.tensors[-1].double()
+    n, k = y.shape[0], y.shape[1]
+    a = torch.cat([x.reshape(n, -1), torch.ones(n, 1, dtype=torch.float64)], dim=1)
+    lhs = 2.0 / (n * k) * a.T @ a + weight_decay * torch.eye(a.shape[1], dtype=torch.float64)
+    theta = torch.linalg.solve(lhs, 2.0 / (n * k) * a.T @ y)  # (d + 1, k)
+    lin.weight.copy_(theta[:-1].T.to(lin.weight.dtype))
+    lin.bias.copy_(theta[-1].to(lin.bias.dtype))
+    return model.eval()
