@@ -213,3 +213,54 @@ def compose_figure(fig_id: str, panels_by_dataset: Mapping[str, Mapping], slots:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06 if handles and key != "fig10" else 0, 1, 1))
     return fig
+
+
+def plot_scatter(x, y, xlabel: str, ylabel: str, title: str | None = None, ax=None):
+    """Scatter of two score matrices (flattened) with the y = x line; returns the figure."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 5))
+    else:
+        fig = ax.figure
+    xs = np.asarray(torch.as_tensor(x).double()).ravel()
+    ys = np.asarray(torch.as_tensor(y).double()).ravel()
+    ax.scatter(xs, ys, s=8, alpha=0.5, color="C0")
+    lo, hi = float(min(xs.min(), ys.min())), float(max(xs.max(), ys.max()))
+    ax.plot([lo, hi], [lo, hi], color="0.3", linewidth=1, linestyle="--", label="y = x")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small", loc="upper left")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_trajectories(times, gold, predictions: Mapping[str, object], labels: Sequence[str], time_unit: str = "step",
+                      title: str | None = None):
+    """One panel per training instance: the gold standard tau_i(t) and predictions over time.
+
+    ``gold``: (n_evals, n_panels); ``predictions``: {method: (n_evals, n_panels) or (n_panels,)
+    for time-independent scores, drawn as horizontal lines}; ``labels``: panel titles.
+    """
+    n = len(labels)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.6), squeeze=False)
+    t = np.asarray(torch.as_tensor(times).double())
+    g = np.asarray(torch.as_tensor(gold).double())
+    for j, ax in enumerate(axes[0]):
+        ax.plot(t, g[:, j], color="k", linewidth=2.5, alpha=0.6, label="further training")
+        for m, pred in predictions.items():
+            p = np.asarray(torch.as_tensor(pred).double())
+            st = METHOD_STYLE.get(m, {"label": m})
+            if p.ndim == 1:
+                ax.axhline(p[j], color=st.get("color"), linestyle=":", label=st.get("label", m))
+            else:
+                ax.plot(t, p[:, j], color=st.get("color"), linestyle=st.get("linestyle", "-"), label=st.get("label", m))
+        ax.set_title(labels[j])
+        ax.set_xlabel(time_label(time_unit))
+        ax.set_xscale("symlog", linthresh=1.0)
+    axes[0][0].set_ylabel("tau_i(t): change of test loss")
+    axes[0][-1].legend(fontsize="small", loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
