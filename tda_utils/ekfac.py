@@ -1,6 +1,7 @@
 """EK-FAC: eigenvalue-corrected Kronecker-factored Gauss-Newton (George et al. 2018; Grosse et al. 2023).
 
-Public: ``EkfacLayer``, ``kfac_layers``, ``fit_ekfac``, ``layer_matrices``, ``ekfac_inverse_scores``.
+Public: ``EkfacLayer``, ``kfac_layers``, ``fit_ekfac``, ``rotated_loss_grads``, ``layer_matrices``,
+``rotate``, ``ekfac_inverse_scores``.
 
 Which parameters: every ``nn.Linear`` and ``nn.Conv2d`` (groups = 1, zero padding given as
 numbers or "valid") whose weight is trainable; the bias, when trainable, is the extra input
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hessian import math_sdpa, output_hessian_sqrt
+from .models import per_sample_loss
 
 
 @dataclasses.dataclass
@@ -118,8 +120,13 @@ def _positions_out(module: nn.Module, s: torch.Tensor) -> torch.Tensor:
     return s.reshape(s.shape[0], -1, s.shape[-1])
 
 
-def _capture(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[torch.Tensor, ...], task: str):
-    """Forward the chunk; yield (layer index, a (B,T,in'), [s_c (B,T,out) for c]) per layer."""
+def _capture(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[torch.Tensor, ...], task: str,
+             target: torch.Tensor | None = None):
+    """Forward the chunk; return [(layer index, a (B,T,in'), [s_c (B,T,out) for c])].
+
+    ``target=None``: the output cotangents are the k columns of the output-Hessian square root
+    (GNH pseudo-gradients); else a single cotangent, the gradient of the per-sample loss.
+    """
     modules = dict(model.named_modules())
     store: dict[int, list] = {i: [] for i in range(len(layers))}
     handles = []
@@ -133,13 +140,18 @@ def _capture(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[torch.Ten
     finally:
         for h in handles:
             h.remove()
-    L = output_hessian_sqrt(out.detach(), task)  # (B, k, k)
     outs = [o for i in range(len(layers)) for _, o in store[i]]
     s_by_c = []
-    for c in range(L.shape[-1]):
+    if target is not None:
         with math_sdpa():
-            gs = torch.autograd.grad(out, outs, grad_outputs=L[:, :, c], retain_graph=True, allow_unused=True)
-        s_by_c.append(gs)
+            loss = per_sample_loss(out, target, task).sum()
+            s_by_c.append(torch.autograd.grad(loss, outs, allow_unused=True))
+    else:
+        L = output_hessian_sqrt(out.detach(), task)  # (B, k, k)
+        for c in range(L.shape[-1]):
+            with math_sdpa():
+                gs = torch.autograd.grad(out, outs, grad_outputs=L[:, :, c], retain_graph=True, allow_unused=True)
+            s_by_c.append(gs)
     result = []
     k = 0
     for i, layer in enumerate(layers):
@@ -199,6 +211,23 @@ def fit_ekfac(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.
     for ly in layers:
         ly.evals /= n
     return layers
+
+
+def rotated_loss_grads(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[torch.Tensor, ...],
+                       target: torch.Tensor, task: str) -> list[torch.Tensor]:
+    """Per-sample loss gradients of each layer in its Kronecker eigenbasis, [(B, out, in')] (float64).
+
+    Q_S^T G_j Q_A = sum_t (Q_S^T s_{j,t}) (Q_A^T a_{j,t})^T from the captured factors: for a
+    Linear layer (one position) this costs O(out^2 + in^2 + out in) per sample instead of the
+    O(out in (out + in)) of rotating the dense gradient matrix.
+    """
+    rot: list[torch.Tensor | None] = [None] * len(layers)
+    for i, a, (s,) in _capture(model, layers, inputs, task, target):
+        ly = layers[i]
+        rot[i] = torch.einsum("bto,bti->boi", s.to(torch.float64) @ ly.QS, a.to(torch.float64) @ ly.QA)
+    B = target.shape[0]
+    return [r if r is not None else torch.zeros(B, ly.out_dim, ly.in_dim, dtype=torch.float64)
+            for r, ly in zip(rot, layers)]
 
 
 def layer_matrices(flat: torch.Tensor, layer: EkfacLayer, offsets: dict[str, tuple[int, int]],

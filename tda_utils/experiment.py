@@ -76,7 +76,8 @@ def run_methods(methods: Sequence[str], model, splits: Splits, train_indices, qu
                 gold: FurtherTrainingResult | None = None, progress: bool = True) -> dict[str, AttributionScores]:
     """Run each method in ``methods`` (paper order) on the same train x query pairs.
 
-    Hessian-based methods get ``damping_multiple``; ``method_options[m]`` overrides per method.
+    Hessian-based methods get ``damping_multiple`` (unless ``method_options[m]`` gives an absolute
+    ``damping``); ``method_options[m]`` overrides per method.
     ``if_time`` is evaluated at the gold standard's times (converted to optimizer steps) with its
     learning rate.
     """
@@ -87,7 +88,7 @@ def run_methods(methods: Sequence[str], model, splits: Splits, train_indices, qu
     out: dict[str, AttributionScores] = {}
     for m in tqdm(method_order(list(methods)), desc="attribution methods", disable=not progress):
         opts: dict[str, Any] = {}
-        if m in HESSIAN_METHODS:
+        if m in HESSIAN_METHODS and "damping" not in method_options.get(m, {}):
             opts["damping_multiple"] = damping_multiple
         if m == "if_time":
             if gold is None:
@@ -355,3 +356,30 @@ def update_readme(summary: pd.DataFrame, figure: Path, profile: str, readme: Pat
     start, end = text.index(README_START), text.index(README_END) + len(README_END)
     readme.write_text(text[:start] + body + text[end:])
     return True
+
+
+def image_table_figure(table: pd.DataFrame, splits: Splits, dataset: str, figures_dir, methods: Sequence[str] = ()):
+    """Table 2 as an image grid (one row per query: the query, then its most helpful and most
+    harmful training images by the gold standard, titled with tau and each method's rank)."""
+    from . import plotting
+
+    x_test, x_train = splits.test.tensors[0], splits.train.tensors[0]
+    names = splits.meta.get("class_names")
+    label = lambda y: names[int(y)] if names else str(int(y))  # noqa: E731
+    y_test, y_train = splits.test.tensors[-1], splits.train.tensors[-1]
+    queries = list(dict.fromkeys(table["query"].tolist()))
+    rows = []
+    for q in queries:
+        part = table[table["query"] == q]
+        cells = []
+        for _, r in part.iterrows():
+            ranks = ", ".join(f"{METHOD_STYLE.get(m, {}).get('label', m)} #{int(r[f'{m}_rank'])}"
+                              for m in methods if f"{m}_rank" in r)
+            text = f"{r['kind']} {label(y_train[int(r['train_index'])])}\ntau={r['tau']:.2g}" + (f"\n{ranks}" if ranks else "")
+            cells.append((x_train[int(r["train_index"])], text))
+        rows.append(cells)
+    norm = splits.meta.get("normalization") or {}
+    fig = plotting.plot_image_table(x_test[queries], [f"test {q}: {label(y_test[q])}" for q in queries], rows,
+                                    title=f"Table 2: {dataset}", mean=norm.get("mean"), std=norm.get("std"))
+    plotting.save_figure(fig, f"table2_{dataset}", figures_dir)
+    return fig

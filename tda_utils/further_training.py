@@ -43,6 +43,8 @@ from .models import per_sample_loss
 from .training import batch_slices, epoch_orders, make_optimizer
 
 
+QUERY_CHUNK = 128  # queries evaluated at once per run by the vectorized engine
+
 # ----------------------------------------------------------------------------------------------
 # Result
 # ----------------------------------------------------------------------------------------------
@@ -309,7 +311,7 @@ class _Vectorized(_Engine):
         elem = next(iter(self.params0.values())).element_size()
         n_par = sum(p.numel() for p in self.params0.values())
         acts = _activation_numel(self.model, tuple(x[:1] for x in self.inputs))
-        per_run = elem * (5 * n_par + 3 * acts * (self.cfg.batch_size + 1) + 3 * acts * len(self.q_target))
+        per_run = elem * (5 * n_par + 3 * acts * (self.cfg.batch_size + 1) + acts * min(len(self.q_target), QUERY_CHUNK))
         return max(1, min(self.cfg.max_runs_per_chunk, int(self.cfg.memory_budget_mb * 2**20 // per_run)))
 
     def run(self, seeds, progress):
@@ -383,8 +385,13 @@ class _Vectorized(_Engine):
             x = self.q_inputs[0]
             out = self.mlp.forward(params, x.expand(next(iter(params.values())).shape[0], *x.shape))[-1]
             return per_sample_loss(out, self.q_target.expand(out.shape[0], *self.q_target.shape), self.task)
-        out = self.fwd_shared({k: v.detach() for k, v in params.items()}, self.q_inputs)  # (R, Q, k)
-        return per_sample_loss(out, self.q_target.expand(out.shape[0], *self.q_target.shape), self.task)
+        detached = {k: v.detach() for k, v in params.items()}
+        parts = []
+        for sl in batch_slices(len(self.q_target), QUERY_CHUNK):  # queries in chunks bound the memory
+            out = self.fwd_shared(detached, tuple(x[sl] for x in self.q_inputs))  # (R, chunk, k)
+            target = self.q_target[sl]
+            parts.append(per_sample_loss(out, target.expand(out.shape[0], *target.shape), self.task))
+        return torch.cat(parts, dim=1)
 
 
 class _StackedOptimizer:
@@ -410,28 +417,34 @@ class _StackedOptimizer:
             coef = (cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
             grads = {k: g * shape(coef, g) for k, g in grads.items()}
         self.t += active.long()
+        everyone = bool(active.all())
         a = active.to(next(iter(self.params.values())).dtype)
+        b1, b2 = cfg.betas
         for k, p in self.params.items():
             g = grads[k]
-            am = shape(a, p)
+            am = None if everyone else shape(a, p)  # per-run mask, only when some runs sit out
             if cfg.optimizer == "sgd":
                 if cfg.weight_decay:
                     g = g + cfg.weight_decay * p
-                p.sub_(am * cfg.lr * g)
+                p.sub_(cfg.lr * g if am is None else am * cfg.lr * g)
                 continue
             if cfg.optimizer == "adamw" and cfg.weight_decay:
-                p.mul_(1 - am * cfg.lr * cfg.weight_decay)
+                p.mul_(1 - cfg.lr * cfg.weight_decay if am is None else 1 - am * cfg.lr * cfg.weight_decay)
             elif cfg.weight_decay:
                 g = g + cfg.weight_decay * p
-            b1, b2 = cfg.betas
             m, v = self.m[k], self.v[k]
-            m.copy_(torch.where(am.bool(), m.lerp(g, 1 - b1), m))
-            v.copy_(torch.where(am.bool(), v * b2 + (1 - b2) * g * g, v))
+            if am is None:
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            else:
+                m.copy_(torch.where(am.bool(), m.lerp(g, 1 - b1), m))
+                v.copy_(torch.where(am.bool(), v * b2 + (1 - b2) * g * g, v))
             t = self.t.clamp(min=1).to(p.dtype)
-            bc1 = shape(1 - b1 ** t, p)
-            bc2 = shape(1 - b2 ** t, p)
-            upd = (cfg.lr / bc1) * m / (v.sqrt() / bc2.sqrt() + cfg.eps)
-            p.sub_(am * upd)
+            step_size = shape(cfg.lr / (1 - b1 ** t), p)
+            bc2_sqrt = shape((1 - b2 ** t).sqrt(), p)
+            upd = (v.sqrt() / bc2_sqrt).add_(cfg.eps)
+            upd = torch.div(m, upd).mul_(step_size)
+            p.sub_(upd if am is None else am * upd)
 
 
 class _MLPStack:

@@ -252,20 +252,36 @@ class JacobianGNH:
 class Spectrum:
     """H ~ V diag(evals) V^T + complement (I - V V^T).
 
-    ``evals``: (r,); ``evecs``: (d, r) orthonormal columns; ``complement``: the eigenvalue assumed
-    on the orthogonal complement of the columns (0 for the low-rank GNH, where it is exact), or
-    None when r = d (full spectrum). ``source``: how it was computed.
+    ``evals``: (r,); V (d, r) has orthonormal columns, stored either as ``evecs`` or implicitly as
+    ``factor`` = (M (N, d), W (N, r)) with V = M^T W (the low-rank GNH: V is never formed);
+    ``complement``: the eigenvalue assumed on the orthogonal complement of V (0 for the low-rank
+    GNH, where it is exact), or None when r = d (full spectrum). ``source``: how it was computed.
     """
 
     evals: torch.Tensor
-    evecs: torch.Tensor
+    evecs: torch.Tensor | None
     complement: float | None
     source: str
     info: dict = dataclasses.field(default_factory=dict)
+    factor: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def rank(self) -> int:
         return int(self.evals.numel())
+
+    def project(self, G: torch.Tensor) -> torch.Tensor:
+        """Coordinates G V (m, r) of the rows of G (m, d)."""
+        if self.evecs is not None:
+            return G @ self.evecs.to(G.dtype)
+        M, W = self.factor
+        return (G @ M.T.to(G.dtype)) @ W.to(G.dtype)
+
+    def vectors(self) -> torch.Tensor:
+        """V (d, r), formed if stored implicitly."""
+        if self.evecs is not None:
+            return self.evecs
+        M, W = self.factor
+        return M.T @ W
 
 
 def full_spectrum(H: torch.Tensor, source: str = "eigh") -> Spectrum:
@@ -280,8 +296,8 @@ def gnh_spectrum(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: tor
 
     With M = ``sqrt_gnh_jacobian`` (N = n k rows) the GNH is M^T M / n. If N < d the N x N Gram
     matrix M M^T / n = U diag(e) U^T gives V = M^T U diag(1/sqrt(n e)) (eigenvalues below
-    ``rel_tol`` x max dropped; the complement has eigenvalue exactly 0). Otherwise the (d, d)
-    GNH is formed and fully decomposed. Compute in float64 for accuracy.
+    ``rel_tol`` x max dropped; the complement has eigenvalue exactly 0; V is kept implicit as
+    M^T W). Otherwise the (d, d) GNH is formed and fully decomposed. Compute in float64.
     """
     n = target.shape[0]
     M = sqrt_gnh_jacobian(model, inputs, target, task, chunk)
@@ -292,8 +308,8 @@ def gnh_spectrum(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: tor
     e, U = torch.linalg.eigh(0.5 * (K + K.T))
     keep = e > rel_tol * e.abs().max().clamp_min(torch.finfo(e.dtype).tiny)
     e, U = e[keep], U[:, keep]
-    V = (M.T @ U) / torch.sqrt(n * e)[None, :]
-    return Spectrum(evals=e, evecs=V, complement=0.0, source="gnh-lowrank",
+    W = U / torch.sqrt(n * e)[None, :]
+    return Spectrum(evals=e, evecs=None, complement=0.0, source="gnh-lowrank", factor=(M, W),
                     info={"jacobian_rows": N, "rank": int(keep.sum())})
 
 
@@ -357,8 +373,8 @@ def batched_cg(matvec: Matvec, b: torch.Tensor, damping: float, tol: float = 1e-
     p = r.clone()
     rs = (r * r).sum(1)
     bnorm = b.norm(dim=1)
-    iters = torch.zeros(m, dtype=torch.long)
-    indefinite = torch.zeros(m, dtype=torch.bool)
+    iters = torch.zeros(m, dtype=torch.long, device=b.device)
+    indefinite = torch.zeros(m, dtype=torch.bool, device=b.device)
     active = rs.sqrt() > tol * bnorm
     for _ in range(max_iter):
         idx = active.nonzero().squeeze(1)
@@ -387,7 +403,7 @@ def batched_cg(matvec: Matvec, b: torch.Tensor, damping: float, tol: float = 1e-
     true_r = b - (matvec(x) + damping * x)
     rel = true_r.norm(dim=1) / bnorm.clamp_min(torch.finfo(b.dtype).tiny)
     converged = (rel <= max(10 * tol, tol + 1e-12)) & ~indefinite
-    return x, {"iterations": iters, "residuals": rel.cpu(), "converged": converged.cpu(),
+    return x, {"iterations": iters.cpu(), "residuals": rel.cpu(), "converged": converged.cpu(),
                "indefinite": indefinite.cpu()}
 
 
@@ -442,10 +458,10 @@ def lissa_gnh_subspace(jac: JacobianGNH, v: torch.Tensor, damping: float, scale:
     e, U = torch.linalg.eigh(0.5 * (K + K.T))
     keep = e > rel_tol * e.abs().max().clamp_min(torch.finfo(e.dtype).tiny)
     e, U = e[keep], U[:, keep]
-    V = (M.T @ U) / e.sqrt()[None, :]  # (d, r) orthonormal
+    W = U / e.sqrt()[None, :]  # V = M^T W (d, r) has orthonormal columns; never formed
     MV = (U * e.sqrt()[None, :]).view(jac.n, jac.k, -1)  # rows of M V, per sample
-    cv = v @ V  # (m, r)
-    v_perp = v - cv @ V.T
+    cv = (v @ M.T) @ W  # (m, r)
+    v_perp = v - (cv @ W.T) @ M
     vnorm = v.norm(dim=1)
     pnorm = v_perp.norm(dim=1)
     rho = 1.0 - damping / scale
@@ -465,10 +481,10 @@ def lissa_gnh_subspace(jac: JacobianGNH, v: torch.Tensor, damping: float, scale:
                     f"LiSSA diverged at iteration {t} with scale={scale}: the iteration is not a "
                     f"contraction (the largest eigenvalue of H_B + damping exceeds 2 x scale). Use a larger "
                     f"`scale` (e.g. {scale * 5:g}) or a larger damping.")
-        h = (c @ V.T + geo * v_perp) / scale
+        h = ((c @ W.T) @ M + geo * v_perp) / scale
         est += h
         norms.append(h.norm(dim=1).cpu())
-    return est / repeat, {"estimate_norms": torch.stack(norms), "subspace_rank": int(V.shape[1])}
+    return est / repeat, {"estimate_norms": torch.stack(norms), "subspace_rank": int(W.shape[1])}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -35,12 +35,14 @@ import copy
 import dataclasses
 import inspect
 import math
+import numbers
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
@@ -150,7 +152,7 @@ def attribute(method: str, model: nn.Module, splits: Splits, train_indices: Sequ
     finally:
         model.train(was)
     wall = time.perf_counter() - start
-    values = values.detach()
+    values = values.detach().cpu()
     if values.shape != (len(query_idx), len(train_idx)):
         raise RuntimeError(f"method {method} returned shape {tuple(values.shape)}, expected "
                            f"{(len(query_idx), len(train_idx))}")
@@ -256,13 +258,13 @@ def _scores_vs_train(ctx: _Ctx, X: torch.Tensor, train_indices) -> torch.Tensor:
 
 
 def _check_number(name: str, value: Any, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
-            isinstance(value, torch.Tensor) and value.numel() == 1):
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}={value!r} must be a number") from None
-    value = float(value)
+    """``value`` as a finite float > 0 (>= 0 with ``allow_zero``), else ValueError naming ``name``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name}={value!r} must be a number") from None
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name}={value!r} must be a finite number {bound}")
@@ -280,8 +282,9 @@ def _resolve_damping(ctx: _Ctx, damping, damping_multiple, allow_list: bool = Fa
         raise ValueError("give either damping (absolute) or damping_multiple (x lambda0), not both")
     mode, given, name = ("absolute", damping, "damping") if damping is not None else \
         ("multiple", default_multiple if damping_multiple is None else damping_multiple, "damping_multiple")
-    values = list(given) if isinstance(given, (list, tuple)) or (
-        isinstance(given, torch.Tensor) and given.ndim == 1) else [given]
+    is_seq = isinstance(given, (list, tuple, range)) or (
+        isinstance(given, (np.ndarray, torch.Tensor)) and given.ndim == 1)
+    values = list(given) if is_seq else [given]
     if len(values) > 1 and not allow_list:
         raise ValueError(f"{name} must be a single number for this method (got {len(values)} values)")
     if not values:
@@ -298,9 +301,9 @@ def _check_hessian(hessian: str) -> str:
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-    return value
+    return int(value)
 
 
 HVP_MODES = ("auto", "jacobian", "autodiff")
@@ -333,12 +336,15 @@ def _spectral_scores(Gq: torch.Tensor, Gt: torch.Tensor, spec: Spectrum, weight:
     one row per time); the complement of the eigenvectors gets ``weight(complement)``.
     """
     Gq, Gt = Gq.to(torch.float64), Gt.to(torch.float64)
-    V = spec.evecs.to(torch.float64)
-    Aq, At = Gq @ V, Gt @ V
+    Aq, At = spec.project(Gq), spec.project(Gt)
     w = weight(spec.evals.to(torch.float64))  # (..., r)
-    out = torch.einsum("qr,...r,tr->...qt", Aq, w, At)
+    lead = w.shape[:-1]
+    w2 = w.reshape(-1, w.shape[-1])
+    step = max(1, int(2**27 // max(1, Aq.numel())))  # rows of w per matmul (<= 1 GiB intermediate)
+    out = torch.cat([(Aq[None] * w2[e:e + step, None, :]) @ At.T for e in range(0, w2.shape[0], step)])
+    out = out.reshape(*lead, Aq.shape[0], At.shape[0])
     if spec.complement is not None:
-        wc = weight(torch.tensor([spec.complement], dtype=torch.float64, device=V.device))[..., 0]
+        wc = weight(torch.tensor([spec.complement], dtype=torch.float64, device=Gq.device))[..., 0]
         rest = Gq @ Gt.T - Aq @ At.T
         out = out + wc[..., None, None] * rest
     return out
@@ -615,16 +621,17 @@ def datainf(model, splits, train_indices, query_indices, c: float = 10.0, n_hess
     vals = []
     for s in range(0, len(query_indices), qchunk):
         V = ctx.grads("test", query_indices[s:s + qchunk])
-        acc = torch.zeros_like(V)
+        Vl = {name: V[:, a:b].contiguous() for name, (a, b) in offsets.items()}
+        acc = {name: torch.zeros_like(v) for name, v in Vl.items()}
         for _, gj in ctx.grad_chunks("train", sample):
             for name, (a, b) in offsets.items():
                 gl = gj[:, a:b]
-                coef = (V[:, a:b] @ gl.T) / (lam[name] + (gl * gl).sum(1))[None, :]
-                acc[:, a:b] += coef @ gl
-        vhat = torch.empty_like(V)
+                coef = (Vl[name] @ gl.T) / (lam[name] + (gl * gl).sum(1))[None, :]
+                acc[name].addmm_(coef, gl)
         for name, (a, b) in offsets.items():
-            vhat[:, a:b] = (V[:, a:b] - acc[:, a:b] / m) / lam[name]
-        vals.append(_scores_vs_train(ctx, vhat, train_indices) / ctx.n)
+            V[:, a:b] = (Vl[name] - acc[name] / m) / lam[name]  # V now holds v_hat
+        del Vl, acc
+        vals.append(_scores_vs_train(ctx, V, train_indices) / ctx.n)
     return torch.cat(vals, dim=0), {"lambdas": lam, "c": c, "n_hessian_samples": m,
                                     "hessian_sample": sample}
 
@@ -653,20 +660,19 @@ def ekfac(model, splits, train_indices, query_indices, damping=None, damping_mul
     damps, lam0, mode = _resolve_damping(ctx, damping, damping_multiple)
     lam = damps[0][1]
     acts = activation_numel(ctx.model, tuple(x[:1] for x in ctx.tr_inputs))
-    chunk = max(1, int(0.5 * ctx.budget_bytes // (8 * (2 * ctx.d + 4 * acts * max(ctx.k, 1)))))
-    _ekfac.fit_ekfac(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, chunk=min(chunk, 1024), layers=layers)
-    offsets = _param_offsets(ctx.model)
-    shapes = {k: v.shape for k, v in trainable_params(ctx.model).items()}
+    chunk = min(1024, max(1, int(0.5 * ctx.budget_bytes // (8 * (2 * ctx.d + 4 * acts * max(ctx.k, 1))))))
+    _ekfac.fit_ekfac(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, chunk=chunk, layers=layers)
 
-    def rotated(G: torch.Tensor) -> list[torch.Tensor]:
-        return [_ekfac.rotate(_ekfac.layer_matrices(G, ly, offsets, shapes), ly) for ly in layers]
+    def rotated(split: str, indices) -> Iterator[list[torch.Tensor]]:
+        for c in range(0, len(indices), chunk):
+            inputs, target = ctx.rows(split, indices[c:c + chunk])
+            yield _ekfac.rotated_loss_grads(ctx.model, layers, inputs, target, ctx.task)
 
-    qchunk = ctx.vec_chunk(4)
+    qchunk = max(1, min(len(query_indices), int(0.25 * ctx.budget_bytes // (8 * ctx.d))))
     vals = []
     for s in range(0, len(query_indices), qchunk):
-        q_rot = rotated(ctx.grads("test", query_indices[s:s + qchunk]))
-        cols = [_ekfac.ekfac_inverse_scores(q_rot, rotated(g), layers, lam)
-                for _, g in ctx.grad_chunks("train", train_indices)]
+        q_rot = [torch.cat(parts) for parts in zip(*rotated("test", query_indices[s:s + qchunk]))]
+        cols = [_ekfac.ekfac_inverse_scores(q_rot, t_rot, layers, lam) for t_rot in rotated("train", train_indices)]
         vals.append(torch.cat(cols, dim=1) / ctx.n)
     diag = {"lambda0": lam0, "damping": lam, "damping_mode": mode, "layers": [ly.module_name for ly in layers],
             "ignored_params": ignored, "skipped_layers": skipped,
@@ -744,7 +750,7 @@ def trak(model, splits, train_indices, query_indices, proj_dim: int = 2048, seed
     P_bytes = ctx.d * p * ctx.elem
     P_cached = list(_projection_blocks(ctx.d, p, seed, ctx.dtype, ctx.device)) \
         if project and P_bytes <= ctx.budget_bytes / 2 else None
-    chunk = max(1, min(1024, int(0.25 * ctx.budget_bytes // ((ctx.d + p) * ctx.elem * 4))))
+    chunk = max(1, min(4096, int(0.25 * ctx.budget_bytes // ((3 * ctx.d + p) * ctx.elem))))
 
     def features(inputs, target) -> torch.Tensor:
         out = []
@@ -828,9 +834,9 @@ def gd_weight(h: torch.Tensor, times: torch.Tensor, lr: float) -> torch.Tensor:
 
 @register_method("if_time")
 def if_time(model, splits, train_indices, query_indices, times=None, lr: float | None = None, hessian: str = "gnh",
-            damping=None, damping_multiple=None, route: str = "auto", n_eigs: int = 200, lanczos_iter: int | None = None,
-            hvp_batch_size: int = 128, seed: int = 0, dtype: str | None = "float64",
-            memory_budget_mb: float = 1024.0):
+            damping=None, damping_multiple=None, route: str = "auto", n_eigs: int = 200,
+            lanczos_iter: int | None = None, hvp_batch_size: int = 128, seed: int = 0,
+            dtype: str | None = "float64", memory_budget_mb: float = 1024.0):
     """The unified view: influence after t steps of gradient descent on the quadratic model.
 
     tau_i(t) = (1/n) g_q^T [I - (I - lr H)^t] H^{-1} g_i with H damped (H + lambda I), for
@@ -843,8 +849,9 @@ def if_time(model, splits, train_indices, query_indices, times=None, lr: float |
     <= n k; the complement has eigenvalue 0), "eigh" (explicit H, full eigendecomposition; small
     models), "lanczos" (top ``n_eigs`` eigenpairs by magnitude from Lanczos on HVPs; the
     orthogonal complement is treated as eigenvalue 0, i.e. first order: weight (1 - (1 - lr
-    lambda)^t) / lambda, = lr t for lambda = 0), or "auto" (GNH: lowrank when min(n k, d) <= 8000;
-    exact: eigh when d <= 4000; else lanczos).
+    lambda)^t) / lambda, = lr t for lambda = 0), or "auto" (GNH: lowrank when min(n k, d) <= 8000
+    and the (n k, d) float64 Jacobian fits the memory budget; exact: eigh when d <= 4000; else
+    lanczos). Lanczos keeps ``n_eigs`` x 2 + 20 vectors of size d.
     """
     _check_hessian(hessian)
     check_choice("route", route, ("auto", "lowrank", "eigh", "lanczos"))
@@ -857,7 +864,8 @@ def if_time(model, splits, train_indices, query_indices, times=None, lr: float |
     ctx = _prepare(model, splits, dtype, memory_budget_mb)
     if route == "auto":
         if hessian == "gnh":
-            route = "lowrank" if min(ctx.n * ctx.k, ctx.d) <= 8000 else "lanczos"
+            fits = ctx.n * ctx.k * ctx.d * 8 <= ctx.budget_bytes
+            route = "lowrank" if min(ctx.n * ctx.k, ctx.d) <= 8000 and fits else "lanczos"
         else:
             route = "eigh" if ctx.d <= 4000 else "lanczos"
     if route == "lowrank" and hessian != "gnh":

@@ -31,10 +31,12 @@ def _input_shape(splits: Splits) -> tuple[int, int, int]:
     return int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
 
 
-def _norm(kind: str, channels: int, groups: int) -> nn.Module:
-    if kind == "group":
-        return nn.GroupNorm(min(groups, channels), channels)
-    return nn.Identity()
+def _conv_stage(c_in: int, c_out: int, kernel_size: int, norm: str, groups: int) -> list[nn.Module]:
+    """conv(c_in -> c_out, k) [- GroupNorm] - ReLU - maxpool 2 (no placeholder modules)."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel_size)]
+    if norm == "group":
+        layers.append(nn.GroupNorm(min(groups, c_out), c_out))
+    return layers + [nn.ReLU(), nn.MaxPool2d(2)]
 
 
 def _check_norm(norm: str) -> None:
@@ -56,11 +58,8 @@ class SmallCNN(nn.Module):
         super().__init__()
         c, h, w = in_shape
         c1, c2 = channels
-        self.features = nn.Sequential(
-            nn.Conv2d(c, c1, kernel_size), _norm(norm, c1, groups), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, kernel_size), _norm(norm, c2, groups), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
+        self.features = nn.Sequential(*_conv_stage(c, c1, kernel_size, norm, groups),
+                                      *_conv_stage(c1, c2, kernel_size, norm, groups), nn.Flatten())
         for _ in range(2):
             h, w = (h - kernel_size + 1) // 2, (w - kernel_size + 1) // 2
         if h < 1 or w < 1:
@@ -108,7 +107,8 @@ class _Residual(nn.Module):
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.block = nn.Sequential(_ConvBlock(channels, channels, groups), _ConvBlock(channels, channels, groups))
+        self.block = nn.Sequential(_ConvBlock(channels, channels, groups),
+                                   _ConvBlock(channels, channels, groups))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)

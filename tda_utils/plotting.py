@@ -264,3 +264,39 @@ def plot_trajectories(times, gold, predictions: Mapping[str, object], labels: Se
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_image_table(query_images, query_titles: Sequence[str], rows: Sequence[Sequence[tuple[object, str]]],
+                     title: str | None = None, mean=None, std=None):
+    """Table 2 for images: one row per query: the query image, then its most helpful and most
+    harmful training images, each titled (e.g. with tau and each method's rank).
+
+    ``query_images``: (n_q, C, H, W); ``rows``: per query a list of (image (C, H, W), title).
+    ``mean``/``std`` (per channel) undo the normalisation for display.
+    """
+    n_q = len(query_titles)
+    n_c = 1 + max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_q, n_c, figsize=(1.9 * n_c, 2.3 * n_q), squeeze=False)
+
+    def show(ax, img, text):
+        x = torch.as_tensor(img).double()
+        if mean is not None and std is not None:
+            x = x * torch.as_tensor(std).double().view(-1, 1, 1) + torch.as_tensor(mean).double().view(-1, 1, 1)
+        x = x.clamp(0, 1) if mean is not None else (x - x.min()) / (x.max() - x.min() + 1e-12)
+        arr = x.permute(1, 2, 0).numpy()
+        ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray" if arr.shape[-1] == 1 else None)
+        ax.set_title(text, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    for i in range(n_q):
+        show(axes[i][0], query_images[i], query_titles[i])
+        for j in range(1, n_c):
+            if j - 1 < len(rows[i]):
+                show(axes[i][j], *rows[i][j - 1])
+            else:
+                axes[i][j].set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

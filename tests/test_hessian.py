@@ -127,7 +127,7 @@ def test_gnh_spectrum_reconstructs_gnh(n):
     X, y = _data("regression", n=n)
     G = _explicit_gnh(model, X, y, "regression")
     spec = hs.gnh_spectrum(model, (X,), y, "regression", chunk=3)
-    V, e = spec.evecs, spec.evals
+    V, e = spec.vectors(), spec.evals
     torch.testing.assert_close(V.T @ V, torch.eye(V.shape[1], dtype=F64), atol=1e-9, rtol=0)
     torch.testing.assert_close(V @ torch.diag(e) @ V.T, G, atol=1e-10, rtol=1e-8)
     assert (spec.complement == 0.0) == (n < G.shape[0])
@@ -201,6 +201,7 @@ def test_output_hessian_sqrt():
     out = torch.randn(4, 3, dtype=F64)
     L = hs.output_hessian_sqrt(out, "classification")
     u = torch.randn(4, 3, dtype=F64)
-    torch.testing.assert_close(torch.einsum("bij,bkj,bk->bi", L, L, u), hs.output_hessian_apply(out, u, "classification"))
+    torch.testing.assert_close(torch.einsum("bij,bkj,bk->bi", L, L, u),
+                               hs.output_hessian_apply(out, u, "classification"))
     L = hs.output_hessian_sqrt(out, "regression")
     torch.testing.assert_close(L @ L.transpose(1, 2), (2 / 3) * torch.eye(3, dtype=F64).expand(4, 3, 3))

@@ -312,6 +312,13 @@ def test_ekfac_conv_eigenvalue_correction_is_exact_diagonal():
         block = G[idx.reshape(-1)][:, idx.reshape(-1)].reshape(ly.out_dim, ly.in_dim, ly.out_dim, ly.in_dim)
         diag = torch.einsum("os,ia,oipj,ps,ja->sa", ly.QS, ly.QA, block, ly.QS, ly.QA)
         torch.testing.assert_close(ly.evals, diag, rtol=1e-9, atol=1e-13)
+    # per-sample gradients rotated from their factors == the dense per-sample gradients rotated
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    offs = {n: (o, o + p.numel()) for (n, p), o in zip(model.named_parameters(), offsets.values())}
+    dense = grads(model, sp, "train", range(6))
+    fast = ek.rotated_loss_grads(model, layers, (X[:6],), y[:6], "regression")
+    for ly, r in zip(layers, fast):
+        torch.testing.assert_close(r, ek.rotate(ek.layer_matrices(dense, ly, offs, shapes), ly), rtol=1e-9, atol=1e-13)
 
 
 def test_ekfac_conv_correlates_with_explicit_gnh():

