@@ -47,9 +47,23 @@ def load_data(dataset: str, data_path: str | None = None, seed: int = 0, **optio
         name = next((p for p in ("path", "root_dir", "root") if p in accepted), None)
         if name is None:
             raise ValueError(f"data_path is given but dataset {dataset!r} reads no local files; set data_path=None")
-        path = Path(data_path).expanduser()
-        options[name] = str(path if path.is_absolute() else repo_root() / path)
+        options[name] = _from_repo(data_path)
+    if options.get("model_path") is not None:
+        options["model_path"] = _from_repo(options["model_path"])
     return load_dataset(dataset, seed=seed, **options)
+
+
+def _from_repo(path: str | Path) -> str:
+    """A user path; relative paths are read from the repository root."""
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else repo_root() / p)
+
+
+def paper_step_schedule(n_train: int, batch_size: int, epochs: int, every: int = 5) -> list[int]:
+    """The paper's SST-2 evaluation steps: after batch b (0-based) when b > 0 and b % every == 0,
+    plus the last step; as step counts: 6, 11, ..., and the total for ``every=5``."""
+    total = -(-n_train // batch_size) * epochs
+    return sorted({b + 1 for b in range(1, total) if b % every == 0} | {total})
 
 
 def select_left_out(splits: Splits, left_out: Sequence[int] | None = None, n_left_out: int | None = None) -> list[int]:
@@ -383,3 +397,19 @@ def image_table_figure(table: pd.DataFrame, splits: Splits, dataset: str, figure
                                     title=f"Table 2: {dataset}", mean=norm.get("mean"), std=norm.get("std"))
     plotting.save_figure(fig, f"table2_{dataset}", figures_dir)
     return fig
+
+
+def text_table(table: pd.DataFrame, splits: Splits, width: int = 160) -> pd.DataFrame:
+    """Table 2 for text: ``top_instances`` with the test and training texts and their labels
+    (from ``splits.meta["texts_train"/"texts_test"]`` and ``class_names``), texts shortened to
+    ``width`` characters."""
+    names = splits.meta.get("class_names")
+    label = lambda y: names[int(y)] if names else int(y)  # noqa: E731
+    short = lambda s: s if len(s) <= width else s[: width - 3] + "..."  # noqa: E731
+    y_train, y_test = splits.train.tensors[-1], splits.test.tensors[-1]
+    out = table.copy()
+    out.insert(1, "query_text", [short(splits.meta["texts_test"][q]) for q in out["query"]])
+    out.insert(2, "query_label", [label(y_test[q]) for q in out["query"]])
+    out.insert(5, "train_text", [short(splits.meta["texts_train"][i]) for i in out["train_index"]])
+    out.insert(6, "train_label", [label(y_train[i]) for i in out["train_index"]])
+    return out

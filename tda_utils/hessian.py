@@ -187,7 +187,7 @@ def explicit_hessian(model: nn.Module, inputs: tuple[torch.Tensor, ...], target:
     for c in range(0, d, col_chunk):
         cols = torch.arange(c, min(d, c + col_chunk), device=ref.device)
         E = torch.zeros(len(cols), d, dtype=ref.dtype, device=ref.device)
-        E[torch.arange(len(cols)), cols] = 1.0
+        E[torch.arange(len(cols), device=ref.device), cols] = 1.0
         H[c:c + len(cols)] = hvp(E)
     return 0.5 * (H + H.T)
 

@@ -703,12 +703,12 @@ def _output_grad_fn(model: nn.Module, task: str, k: int):
 
 def _projection_blocks(d: int, p: int, seed: int, dtype, device, block: int = 8192):
     """Gaussian projection P (d, p), entries N(0, 1/p), as row blocks (slice, (rows, p)); the
-    blocks depend only on (d, p, seed)."""
+    blocks depend only on (d, p, seed) (drawn in float32, then cast to ``dtype``)."""
     g = torch.Generator().manual_seed(seed)
     for r in range(0, d, block):
         rows = min(block, d - r)
-        yield slice(r, r + rows), (torch.randn(rows, p, generator=g, dtype=torch.float64) / math.sqrt(p)).to(
-            device=device, dtype=dtype)
+        Pb = torch.randn(rows, p, generator=g, dtype=torch.float32) / math.sqrt(p)
+        yield slice(r, r + rows), Pb.to(device=device, dtype=dtype)
 
 
 @register_method("trak")
@@ -743,51 +743,53 @@ def trak(model, splits, train_indices, query_indices, proj_dim: int = 2048, seed
         reweight = ctx.task == "classification"
     if reweight and ctx.task != "classification":
         raise ValueError("reweight=True (TRAK's Q = diag(1 - p_i)) applies to classification only")
-    project = projection == "gaussian" or (projection == "auto" and proj_dim < ctx.d)
-    p = proj_dim if project else ctx.d
-    params = trainable_params(ctx.model)
-    gfn = vmap(grad(_output_grad_fn(ctx.model, ctx.task, ctx.k)), in_dims=(None,) + (0,) * (len(ctx.tr_inputs) + 1))
-    P_bytes = ctx.d * p * ctx.elem
-    P_cached = list(_projection_blocks(ctx.d, p, seed, ctx.dtype, ctx.device)) \
-        if project and P_bytes <= ctx.budget_bytes / 2 else None
-    chunk = max(1, min(4096, int(0.25 * ctx.budget_bytes // ((3 * ctx.d + p) * ctx.elem))))
-
-    def features(inputs, target) -> torch.Tensor:
-        out = []
-        for s in range(0, target.shape[0], chunk):
-            with math_sdpa():
-                gd = gfn(params, *(x[s:s + chunk] for x in inputs), target[s:s + chunk])
-            G = torch.cat([v.reshape(v.shape[0], -1) for v in gd.values()], dim=1)
-            if not project:
-                out.append(G.to(torch.float64))
-                continue
-            blocks = P_cached if P_cached is not None else _projection_blocks(ctx.d, p, seed, ctx.dtype, ctx.device)
-            phi = sum(G[:, sl] @ Pb for sl, Pb in blocks)
-            out.append(phi.to(torch.float64))
-        return torch.cat(out, dim=0)
-
-    pos = {int(i): j for j, i in enumerate(train_indices)}
-    gram = torch.zeros(p, p, dtype=torch.float64, device=ctx.device)
-    phi_t = torch.empty(len(train_indices), p, dtype=torch.float64, device=ctx.device)
-    big = max(chunk, 1) * 8
-    for s in range(0, ctx.n, big):
-        rows = list(range(s, min(ctx.n, s + big)))
-        phi = features(*ctx.rows("train", rows))
-        gram += phi.T @ phi
-        for r, i in enumerate(rows):
-            if i in pos:
-                phi_t[pos[i]] = phi[r]
-    lam0 = float(torch.diagonal(gram).sum() / (ctx.n * p))
     if damping is not None and damping_multiple is not None:
         raise ValueError("give either damping (absolute) or damping_multiple (x lambda0), not both")
     if damping is not None:
         lam, mode = _check_number("damping", damping, allow_zero=False), "absolute"
     else:
         mult = _check_number("damping_multiple", 0.01 if damping_multiple is None else damping_multiple, False)
-        lam, mode = mult * lam0, "multiple"
+        mode = "multiple"
+    project = projection == "gaussian" or (projection == "auto" and proj_dim < ctx.d)
+    p = proj_dim if project else ctx.d
+    params = trainable_params(ctx.model)
+    gfn = vmap(grad(_output_grad_fn(ctx.model, ctx.task, ctx.k)), in_dims=(None,) + (0,) * (len(ctx.tr_inputs) + 1))
+    cache_P = project and ctx.d * p * ctx.elem <= ctx.budget_bytes / 2
+    P_cached = list(_projection_blocks(ctx.d, p, seed, ctx.dtype, ctx.device)) if cache_P else None
+    # samples per chunk: their gradients (about 3 d each) in a quarter of the budget, or in almost
+    # half of it when P is regenerated chunk by chunk (fewer regenerations)
+    share = 0.25 if (cache_P or not project) else 0.45
+    chunk = max(1, min(4096, int(share * ctx.budget_bytes // ((3 * ctx.d + p) * ctx.elem))))
+
+    def features(split: str, indices) -> Iterator[torch.Tensor]:
+        """Projected output gradients phi (chunk, p), float64, chunk by chunk."""
+        for s in range(0, len(indices), chunk):
+            inputs, target = ctx.rows(split, indices[s:s + chunk])
+            with math_sdpa():
+                gd = gfn(params, *inputs, target)
+            G = torch.cat([v.reshape(v.shape[0], -1) for v in gd.values()], dim=1)
+            del gd
+            if not project:
+                yield G.to(torch.float64)
+                continue
+            blocks = P_cached if P_cached is not None else _projection_blocks(ctx.d, p, seed, ctx.dtype, ctx.device)
+            yield sum(G[:, sl] @ Pb for sl, Pb in blocks).to(torch.float64)
+
+    pos = {int(i): j for j, i in enumerate(train_indices)}
+    gram = torch.zeros(p, p, dtype=torch.float64, device=ctx.device)
+    phi_t = torch.empty(len(train_indices), p, dtype=torch.float64, device=ctx.device)
+    rows = list(range(ctx.n))
+    for c, phi in enumerate(features("train", rows)):
+        gram += phi.T @ phi
+        for r, i in enumerate(rows[c * chunk:(c + 1) * chunk]):
+            if i in pos:
+                phi_t[pos[i]] = phi[r]
+    lam0 = float(torch.diagonal(gram).sum() / (ctx.n * p))
+    if damping is None:
+        lam = mult * lam0
     K = gram / ctx.n + lam * torch.eye(p, dtype=torch.float64, device=ctx.device)
     Lc, info = torch.linalg.cholesky_ex(K)
-    phi_q = features(*ctx.rows("test", query_indices))
+    phi_q = torch.cat(list(features("test", query_indices)))
     X = torch.cholesky_solve(phi_q.T, Lc) if int(info) == 0 else torch.linalg.solve(K, phi_q.T)
     vals = X.T @ phi_t.T / ctx.n
     diag = {"lambda0": lam0, "lambda0_kind": "mean squared projected output-gradient entry", "damping": lam,
@@ -881,7 +883,13 @@ def if_time(model, splits, train_indices, query_indices, times=None, lr: float |
                                  col_chunk=min(ctx.d, ctx.hvp_vec_chunk(hvp_batch_size)))
             spec = full_spectrum(H.to(torch.float64))
         else:
-            hvp = dataset_hvp(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, hessian, hvp_batch_size)
+            m = min(ctx.d, lanczos_iter or 2 * min(n_eigs, ctx.d) + 20)
+            if (m + 1) * ctx.d * ctx.elem > ctx.budget_bytes:
+                raise ValueError(f"if_time: Lanczos keeps {m + 1} vectors of {ctx.d:,} entries "
+                                 f"({(m + 1) * ctx.d * ctx.elem / 2**20:,.0f} MB), over memory_budget_mb="
+                                 f"{ctx.budget_mb:g}; lower n_eigs (now {n_eigs}) or raise memory_budget_mb")
+            hvp = dataset_hvp(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, hessian, hvp_batch_size,
+                              vec_chunk=ctx.hvp_vec_chunk(hvp_batch_size))
             spec = lanczos(hvp, ctx.d, min(n_eigs, ctx.d), lanczos_iter, dtype=ctx.dtype, device=ctx.device,
                            seed=seed)
     Gq = ctx.grads("test", query_indices)
