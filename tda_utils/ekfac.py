@@ -1,7 +1,7 @@
 """EK-FAC: eigenvalue-corrected Kronecker-factored Gauss-Newton (George et al. 2018; Grosse et al. 2023).
 
-Public: ``EkfacLayer``, ``kfac_layers``, ``fit_ekfac``, ``rotated_loss_grads``, ``layer_matrices``,
-``rotate``, ``ekfac_inverse_scores``.
+Public: ``EkfacLayer``, ``kfac_layers``, ``unhooked_layers``, ``fit_ekfac``, ``rotated_loss_grads``,
+``layer_matrices``, ``rotate``, ``ekfac_inverse_scores``.
 
 Which parameters: every ``nn.Linear`` and ``nn.Conv2d`` (groups = 1, zero padding given as
 numbers or "valid") whose weight is trainable; the bias, when trainable, is the extra input
@@ -133,6 +133,7 @@ def _capture(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[torch.Ten
     for i, layer in enumerate(layers):
         def hook(_m, inp, out, i=i):
             store[i].append((inp[0].detach(), out))
+            return out.clone()  # later in-place ops (ReLU(inplace=True)) must not alter the stored output
         handles.append(modules[layer.module_name].register_forward_hook(hook))
     try:
         with torch.enable_grad(), math_sdpa():
@@ -169,6 +170,29 @@ def _capture(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[torch.Ten
     return result
 
 
+def unhooked_layers(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[torch.Tensor, ...],
+                    target: torch.Tensor, task: str, rtol: float = 1e-3) -> list[str]:
+    """Layers whose weight gradient is not what their forward hooks see, on a small batch.
+
+    EK-FAC reads each layer's inputs and output gradients from hooks on the module; a weight also
+    used elsewhere (e.g. through ``torch.nn.functional.linear`` outside the module's forward)
+    would make the factors wrong. Compares sum_j sum_t s a^T with autograd's weight gradient of
+    the summed loss; returns the module names that differ (relative error above ``rtol``).
+    """
+    params = dict(model.named_parameters())
+    hooked = {i: torch.einsum("bto,bti->oi", s, a) for i, a, (s,) in _capture(model, layers, inputs, task, target)}
+    with torch.enable_grad(), math_sdpa():
+        loss = per_sample_loss(model(*inputs), target, task).sum()
+        auto = torch.autograd.grad(loss, [params[ly.weight] for ly in layers], allow_unused=True)
+    bad = []
+    for i, (ly, g) in enumerate(zip(layers, auto)):
+        g = torch.zeros(ly.out_dim, ly.in_dim - (ly.bias is not None)) if g is None else g.reshape(ly.out_dim, -1)
+        h = hooked[i][:, :g.shape[1]] if i in hooked else torch.zeros_like(g)
+        if float((h - g).norm()) > rtol * float(g.norm()) + 1e-12:
+            bad.append(ly.module_name)
+    return bad
+
+
 def fit_ekfac(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, task: str,
               chunk: int = 64, layers: list[EkfacLayer] | None = None) -> list[EkfacLayer]:
     """Fit EK-FAC on the dataset (inputs, target): factors, eigenbases, corrected eigenvalues.
@@ -180,6 +204,12 @@ def fit_ekfac(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.
     if layers is None:
         layers = kfac_layers(model)[0]
     n = target.shape[0]
+    bad = unhooked_layers(model, layers, tuple(x[:4] for x in inputs), target[:4], task)
+    if bad:
+        raise ValueError(f"ekfac: the weights of layers {bad} are also used outside their module's forward (e.g. "
+                         "through torch.nn.functional), so hooks cannot see their gradients and the Kronecker "
+                         "factors would be wrong; run the model so that every use goes through the module (for "
+                         "bert_classifier: last_block='cls_kv' or 'full')")
     dev = next(model.parameters()).device
     f64 = torch.float64
     A = [torch.zeros(ly.in_dim, ly.in_dim, dtype=f64, device=dev) for ly in layers]

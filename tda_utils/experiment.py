@@ -23,7 +23,7 @@ from .metrics import Curve, agreement
 from .plotting import METHOD_STYLE, method_order
 
 #: methods whose damping is given as ``damping_multiple`` x lambda0
-HESSIAN_METHODS = ("if_explicit", "cg", "lissa", "lissa_h", "ekfac", "trak", "if_time")
+HESSIAN_METHODS = ("if_explicit", "cg", "lissa", "lissa_h", "ekfac", "if_time")  # TRAK damps its own features
 
 
 def output_paths(profile: str = "cpu", figures_dir: str | None = None, results_dir: str | None = None):

@@ -33,6 +33,8 @@ from .models import per_sample_loss
 warnings.filterwarnings("ignore", message=r".*torch\.func.*", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*forward-mode.*", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*functorch.*", category=FutureWarning)
+# the first forward-mode jvp scripts its decompositions: a harmless deprecation notice in torch 2.14
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated.*", category=FutureWarning)
 
 HESSIANS = ("exact", "gnh")
 
@@ -177,7 +179,7 @@ def explicit_hessian(model: nn.Module, inputs: tuple[torch.Tensor, ...], target:
     """The explicit (d, d) Hessian (or GNH) of the dataset's mean loss, symmetrised.
 
     Built from HVPs with ``col_chunk`` identity columns at a time. Cost: d / col_chunk passes
-    over the data; only for small models (memory d^2).
+    over the data; only for small models (memory d^2, symmetrised in place).
     """
     params = trainable_params(model)
     d = sum(p.numel() for p in params.values())
@@ -189,7 +191,18 @@ def explicit_hessian(model: nn.Module, inputs: tuple[torch.Tensor, ...], target:
         E = torch.zeros(len(cols), d, dtype=ref.dtype, device=ref.device)
         E[torch.arange(len(cols), device=ref.device), cols] = 1.0
         H[c:c + len(cols)] = hvp(E)
-    return 0.5 * (H + H.T)
+    return _symmetrize_(H)
+
+
+def _symmetrize_(H: torch.Tensor, block: int = 2048) -> torch.Tensor:
+    """(H + H^T) / 2 in place, block by block (no second d x d matrix)."""
+    d = H.shape[0]
+    for i in range(0, d, block):
+        for j in range(i, d, block):
+            S = 0.5 * (H[i:i + block, j:j + block] + H[j:j + block, i:i + block].T)
+            H[i:i + block, j:j + block] = S
+            H[j:j + block, i:i + block] = S.T
+    return H
 
 
 def sqrt_gnh_jacobian(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, task: str,

@@ -400,9 +400,11 @@ def if_explicit(model, splits, train_indices, query_indices, hessian: str = "gnh
     score_i = (1/n) g_q^T (H + lambda I)^{-1} g_i, + = helpful (first-order LOO change).
     ``hessian="gnh"``: the exact Gauss-Newton eigendecomposition from the per-sample output
     Jacobian (rank <= n k; seconds on the Concrete MLP). ``"exact"``: the explicit (d, d) Hessian
-    from HVPs (about 40 s on Concrete), then ``solver``: "eigh" (one decomposition for every
-    damping; several minutes at d ~ 18k on 2 cores), "solve" (Cholesky, LU if indefinite; per
-    damping value, about 1-2 min at d ~ 18k) or "auto" (eigh when several dampings or d <= 4000).
+    from HVPs (d / chunk passes of batched HVPs: minutes at d ~ 18k on 2 cores), then ``solver``:
+    "eigh" (one decomposition for every damping; about 7 min at d ~ 18k on 2 cores, memory about
+    3 d^2 float64 = 7.6 GB), "solve" (Cholesky, LU if indefinite; per damping value, a few
+    minutes and about 2 d^2 float64 at d ~ 18k) or "auto" (eigh when several dampings or
+    d <= 4000).
     ``damping`` / ``damping_multiple`` may be lists: ``values`` uses the first, and
     ``diagnostics["values_by_damping"]`` = {given value: (Q, T)} holds all. Refuses models with
     more than ``max_params`` parameters.
@@ -435,12 +437,13 @@ def if_explicit(model, splits, train_indices, query_indices, hessian: str = "gnh
                 by_damp[key] = _spectral_scores(Gq, Gt, spec, lambda e, lam=lam: 1.0 / (e + lam)) / ctx.n
         else:
             diag["route"] = "solve"
-            eye = torch.eye(ctx.d, dtype=torch.float64, device=H.device)
+            rhs = Gq.to(torch.float64).T
             for key, lam in damps:
-                A = H + lam * eye
-                Lc, info = torch.linalg.cholesky_ex(A)
-                rhs = Gq.to(torch.float64).T
-                X = torch.cholesky_solve(rhs, Lc) if int(info) == 0 else torch.linalg.solve(A, rhs)
+                H.diagonal().add_(lam)  # in place: H + lambda I (d^2 memory matters at d ~ 18k)
+                Lc, info = torch.linalg.cholesky_ex(H)
+                X = torch.cholesky_solve(rhs, Lc) if int(info) == 0 else torch.linalg.solve(H, rhs)
+                del Lc
+                H.diagonal().sub_(lam)
                 diag.setdefault("positive_definite", {})[key] = int(info) == 0
                 by_damp[key] = X.T @ Gt.to(torch.float64).T / ctx.n
     diag["damping"] = damps[0][1]
@@ -649,7 +652,9 @@ def ekfac(model, splits, train_indices, query_indices, damping=None, damping_mul
     Gauss-Newton matrix over every ``nn.Linear`` / ``nn.Conv2d`` layer (``tda_utils.ekfac``),
     fitted on the full training set with the exact expected output-gradient factors. Other
     trainable parameters are ignored: their gradient entries do not enter the scores
-    (``diagnostics["ignored_params"]``; ``"skipped_layers"`` lists unsupported layers).
+    (``diagnostics["ignored_params"]``; ``"skipped_layers"`` lists unsupported layers, and
+    ``"unhooked_layers"`` layers whose weights are also used outside their module's forward,
+    which are ignored too, with a warning).
     lambda = damping_multiple x lambda0 (lambda0 over all trainable parameters).
     """
     ctx = _prepare(model, splits, dtype, memory_budget_mb)
@@ -657,6 +662,17 @@ def ekfac(model, splits, train_indices, query_indices, damping=None, damping_mul
     if not layers:
         raise ValueError("ekfac found no supported nn.Linear / nn.Conv2d layer with a trainable weight "
                          f"(skipped: {skipped}); use cg, lissa, datainf or trak")
+    unhooked = _ekfac.unhooked_layers(ctx.model, layers, tuple(x[:4] for x in ctx.tr_inputs), ctx.tr_target[:4],
+                                      ctx.task)
+    if unhooked:
+        warnings.warn(f"ekfac: layers {unhooked} use their weights outside their module's forward (hooks cannot "
+                      "see those uses); they are ignored like other unsupported parameters (for bert_classifier "
+                      "use last_block='cls_kv' or 'full' to include them)", stacklevel=2)
+        dropped = [ly for ly in layers if ly.module_name in unhooked]
+        layers = [ly for ly in layers if ly.module_name not in unhooked]
+        ignored = ignored + [name for ly in dropped for name in (ly.weight, ly.bias) if name]
+        if not layers:
+            raise ValueError("ekfac: no layer left whose weights are used only through its module's forward")
     damps, lam0, mode = _resolve_damping(ctx, damping, damping_multiple)
     lam = damps[0][1]
     acts = activation_numel(ctx.model, tuple(x[:1] for x in ctx.tr_inputs))
@@ -675,7 +691,7 @@ def ekfac(model, splits, train_indices, query_indices, damping=None, damping_mul
         cols = [_ekfac.ekfac_inverse_scores(q_rot, t_rot, layers, lam) for t_rot in rotated("train", train_indices)]
         vals.append(torch.cat(cols, dim=1) / ctx.n)
     diag = {"lambda0": lam0, "damping": lam, "damping_mode": mode, "layers": [ly.module_name for ly in layers],
-            "ignored_params": ignored, "skipped_layers": skipped,
+            "ignored_params": ignored, "skipped_layers": skipped, "unhooked_layers": unhooked,
             "min_corrected_eigenvalue": min(float(ly.evals.min()) for ly in layers)}
     return torch.cat(vals, dim=0).to(ctx.dtype), diag
 
@@ -711,6 +727,9 @@ def _projection_blocks(d: int, p: int, seed: int, dtype, device, block: int = 81
         yield slice(r, r + rows), Pb.to(device=device, dtype=dtype)
 
 
+SKETCH_ABOVE = 2**28  # TRAK "auto": entries of a dense projection above which a count sketch is used
+
+
 @register_method("trak")
 def trak(model, splits, train_indices, query_indices, proj_dim: int = 2048, seed: int = 0, reweight: bool | None = None,
          damping=None, damping_multiple=None, projection: str = "auto", dtype: str | None = None,
@@ -719,8 +738,11 @@ def trak(model, splits, train_indices, query_indices, proj_dim: int = 2048, seed
 
     phi_j = P^T grad f_j, with f the margin log p_y - log(1 - p_y) (classification) or the
     prediction (regression, one output) and P a Gaussian (d, proj_dim) projection with entries
-    N(0, 1/proj_dim) (``seed``). ``projection``: "gaussian", "none" (phi = grad f) or "auto"
-    (none when proj_dim >= d, where projecting cannot reduce the dimension).
+    N(0, 1/proj_dim) (``seed``). ``projection``: "gaussian", "sketch" (a count sketch: each
+    parameter's gradient entry goes to one random feature with a random sign, a sparse JL
+    embedding costing O(d) per sample, for models whose dense P does not fit), "none"
+    (phi = grad f) or "auto" (none when proj_dim >= d; else gaussian when P has at most
+    ``SKETCH_ABOVE`` entries, sketch otherwise).
     score_i = (1/n) phi_q^T (Phi^T Phi / n + lambda I)^{-1} phi_i x Q_i
             = phi_q^T (Phi^T Phi + n lambda I)^{-1} phi_i x Q_i  (TRAK's formula, damping n lambda),
     Phi over the full training set; Q_i = 1 - p_i (the probability of i's label) when
@@ -735,7 +757,7 @@ def trak(model, splits, train_indices, query_indices, proj_dim: int = 2048, seed
     """
     _check_int("proj_dim", proj_dim)
     _check_int("seed", seed, minimum=0)
-    check_choice("projection", projection, ("auto", "gaussian", "none"))
+    check_choice("projection", projection, ("auto", "gaussian", "sketch", "none"))
     ctx = _prepare(model, splits, dtype, memory_budget_mb)
     if ctx.task == "regression" and ctx.k != 1:
         raise ValueError(f"trak needs a single regression output (the prediction); this model has {ctx.k}")
@@ -750,15 +772,23 @@ def trak(model, splits, train_indices, query_indices, proj_dim: int = 2048, seed
     else:
         mult = _check_number("damping_multiple", 0.01 if damping_multiple is None else damping_multiple, False)
         mode = "multiple"
-    project = projection == "gaussian" or (projection == "auto" and proj_dim < ctx.d)
+    project = projection in ("gaussian", "sketch") or (projection == "auto" and proj_dim < ctx.d)
+    # "auto": a dense Gaussian P up to SKETCH_ABOVE entries, else a count sketch (one random +-1
+    # entry per row of P: O(d) per sample and memory, a sparse JL embedding); the choice depends
+    # on (d, proj_dim) only, never on the memory budget, so results do not either
+    sketch = projection == "sketch" or (projection == "auto" and project and ctx.d * proj_dim > SKETCH_ABOVE)
     p = proj_dim if project else ctx.d
     params = trainable_params(ctx.model)
     gfn = vmap(grad(_output_grad_fn(ctx.model, ctx.task, ctx.k)), in_dims=(None,) + (0,) * (len(ctx.tr_inputs) + 1))
-    cache_P = project and ctx.d * p * ctx.elem <= ctx.budget_bytes / 2
+    cache_P = project and not sketch and ctx.d * p * ctx.elem <= ctx.budget_bytes / 2
+    if sketch:
+        gen = torch.Generator().manual_seed(seed)
+        buckets = torch.randint(0, p, (ctx.d,), generator=gen).to(ctx.device)
+        signs = (torch.randint(0, 2, (ctx.d,), generator=gen) * 2 - 1).to(device=ctx.device, dtype=ctx.dtype)
     P_cached = list(_projection_blocks(ctx.d, p, seed, ctx.dtype, ctx.device)) if cache_P else None
     # samples per chunk: their gradients (about 3 d each) in a quarter of the budget, or in almost
     # half of it when P is regenerated chunk by chunk (fewer regenerations)
-    share = 0.25 if (cache_P or not project) else 0.45
+    share = 0.25 if (cache_P or sketch or not project) else 0.45
     chunk = max(1, min(4096, int(share * ctx.budget_bytes // ((3 * ctx.d + p) * ctx.elem))))
 
     def features(split: str, indices) -> Iterator[torch.Tensor]:
@@ -771,6 +801,10 @@ def trak(model, splits, train_indices, query_indices, proj_dim: int = 2048, seed
             del gd
             if not project:
                 yield G.to(torch.float64)
+                continue
+            if sketch:
+                yield torch.zeros(G.shape[0], p, dtype=G.dtype, device=G.device).index_add_(
+                    1, buckets, G * signs).to(torch.float64)
                 continue
             blocks = P_cached if P_cached is not None else _projection_blocks(ctx.d, p, seed, ctx.dtype, ctx.device)
             yield sum(G[:, sl] @ Pb for sl, Pb in blocks).to(torch.float64)
@@ -793,6 +827,7 @@ def trak(model, splits, train_indices, query_indices, proj_dim: int = 2048, seed
     X = torch.cholesky_solve(phi_q.T, Lc) if int(info) == 0 else torch.linalg.solve(K, phi_q.T)
     vals = X.T @ phi_t.T / ctx.n
     diag = {"lambda0": lam0, "lambda0_kind": "mean squared projected output-gradient entry", "damping": lam,
+            "projection_used": "sketch" if sketch else "gaussian" if project else "none",
             "damping_mode": mode, "proj_dim": p, "projected": project, "reweight": bool(reweight)}
     if reweight:
         tin, tt = ctx.rows("train", train_indices)

@@ -60,8 +60,8 @@ def test_runner_rejects_unknown_profile_notebook_dataset():
     manifest = reproduce.load_manifest()
     with pytest.raises(ValueError, match=r"profile='fast' is not valid; allowed values: cpu, paper, smoke"):
         reproduce.plan(manifest, "fast")
-    with pytest.raises(ValueError, match=r"notebook '07_audio' is not in profile 'cpu'; allowed values: 01_tabular_regression"):
+    with pytest.raises(ValueError, match=r"notebook '07_audio' is not in profile 'cpu'; allowed values: 00_unified_view_tutorial, 01_tabular_regression"):
         reproduce.plan(manifest, "cpu", ["07_audio"])
-    with pytest.raises(ValueError, match=r"dataset 'iris' is not run by 01_tabular_regression .*allowed values: concrete"):
+    with pytest.raises(ValueError, match=r"dataset 'iris' is not run by 01_tabular_regression .*allowed values: concrete, diabetes"):
         reproduce.plan(manifest, "cpu", ["01_tabular_regression:iris"])
     assert reproduce.main(["--profile", "fast"]) == 2

@@ -12,6 +12,7 @@ from tda_utils.grads import flatten, per_sample_grads, trainable_params
 from tda_utils.models import per_sample_loss
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")
 F64 = torch.float64
 
 

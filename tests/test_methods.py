@@ -16,6 +16,7 @@ from tda_utils.metrics import cosine_rows
 from tda_utils.models import per_sample_loss
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")
 F64 = torch.float64
 RIDGE = 0.3
 
@@ -286,7 +287,7 @@ def _conv_splits(n=40, seed=0):
 
 def _conv_model(seed=1):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(),
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, stride=2), nn.ReLU(inplace=True), nn.Flatten(),
                          nn.Linear(27, 1), nn.LayerNorm(1)).to(F64)
 
 
@@ -329,6 +330,45 @@ def test_ekfac_conv_correlates_with_explicit_gnh():
         ref = tu.attribute("if_explicit", model, sp, damping_multiple=mult)
         assert e.diagnostics["lambda0"] == pytest.approx(ref.diagnostics["lambda0"], rel=1e-12)
         assert cosine_rows(e.values, ref.values).min() > floor
+
+
+def test_ekfac_classification_close_to_explicit_gnh():
+    """Cross-entropy: the GNH block of a linear layer is not an exact Kronecker product, so EK-FAC
+    approximates it (closely for a single layer, less so across layers at light damping)."""
+    sp = mlp_splits("classification", n=40)
+    torch.manual_seed(0)
+    for model, floor in [(nn.Linear(3, 3).to(F64), 0.98), (mlp(sp), 0.8)]:
+        e = tu.attribute("ekfac", model, sp, damping_multiple=1)
+        ref = tu.attribute("if_explicit", model, sp, damping_multiple=1)
+        assert cosine_rows(e.values, ref.values).min() > floor
+
+
+class _TiedLinear(nn.Module):
+    """A Linear whose weight is used a second time through F.linear (invisible to its hooks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        return self.head(torch.nn.functional.linear(h, self.lin.weight))
+
+
+def test_ekfac_ignores_layers_used_outside_their_forward():
+    sp = mlp_splits("regression", n=15)
+    torch.manual_seed(0)
+    model = _TiedLinear().to(F64)
+    X, y = sp.train.tensors
+    layers, _, _ = ek.kfac_layers(model)
+    assert ek.unhooked_layers(model, layers, (X,), y, "regression") == ["lin"]
+    with pytest.raises(ValueError, match="outside their module's forward"):
+        ek.fit_ekfac(model, (X,), y, "regression", layers=layers)
+    with pytest.warns(UserWarning, match="outside their module's forward"):
+        s = tu.attribute("ekfac", model, sp, damping=0.1)
+    assert s.diagnostics["unhooked_layers"] == ["lin"] and "lin.weight" in s.diagnostics["ignored_params"]
+    assert torch.isfinite(s.values).all()
 
 
 def _output_grads(model, sp, split, task):
@@ -383,6 +423,21 @@ def test_trak_projection_is_deterministic_and_chunk_free():
     assert not torch.allclose(a.values, c.values)
 
 
+def test_trak_count_sketch_preserves_the_scores():
+    """A count sketch with proj_dim >> d (here d = 89) has few collisions: nearly the unprojected
+    scores: with the same absolute damping they depend on the features' inner products only."""
+    sp = mlp_splits("classification", n=25)
+    model = mlp(sp)
+    exact = tu.attribute("trak", model, sp, [1, 4, 9, 12], None, projection="none", damping=1e-2)
+    sk = tu.attribute("trak", model, sp, [1, 4, 9, 12], None, projection="sketch", proj_dim=3000,
+                      damping=1e-2)
+    sk2 = tu.attribute("trak", model, sp, [1, 4, 9, 12], None, projection="sketch", proj_dim=3000,
+                       damping=1e-2, memory_budget_mb=0.01)
+    assert sk.diagnostics["projection_used"] == "sketch"
+    assert cosine_rows(exact.values.flatten(), sk.values.flatten()).item() > 0.99
+    torch.testing.assert_close(sk.values, sk2.values, rtol=1e-9, atol=1e-14)
+
+
 # ----------------------------------------------------------------------------------------------
 # Invariances and bad input
 # ----------------------------------------------------------------------------------------------
@@ -390,7 +445,7 @@ def test_trak_projection_is_deterministic_and_chunk_free():
     ("grad_dot", {}), ("grad_cos", {}), ("datainf", {}), ("ekfac", {}), ("if_explicit", {}),
     ("cg", {"tol": 1e-12}), ("cg", {"tol": 1e-12, "hvp_mode": "autodiff"}),
     ("lissa", {"depth": 20, "scale": 5.0, "batch_size": 6}),
-    ("if_time", {"times": [1, 5], "lr": 0.1}),
+    ("if_time", {"times": [1, 5], "lr": 0.1, "route": "lowrank"}),
 ])
 def test_results_do_not_depend_on_memory_budget(method, opts):
     sp = mlp_splits("classification", n=20, n_test=3)
@@ -455,3 +510,7 @@ def test_bad_input_raises_clear_errors():
         tu.attribute("cg", model, sp, damping_multiple=[1, 10])
     with pytest.raises(ValueError, match="hvp_mode"):
         tu.attribute("cg", model, sp, hessian="exact", hvp_mode="jacobian")
+    with pytest.raises(ValueError, match="n_eigs"):
+        tu.attribute("if_time", model, sp, times=[1], lr=0.1, route="lanczos", memory_budget_mb=0.001)
+    with pytest.raises(ValueError, match="memory_budget_mb"):
+        tu.attribute("grad_dot", model, sp, memory_budget_mb=0)

@@ -34,7 +34,8 @@ def test_notebook_structure(path):
     for c in code:
         src = "".join(c["source"])
         assert not re.search(r"^\s*(def|class|async def)\s", src, re.M), f"def/class in a notebook cell:\n{src}"
-        assert len(src.splitlines()) <= 30, f"cell longer than 30 lines:\n{src}"
+        if c not in tagged:
+            assert len(src.splitlines()) <= 30, f"cell longer than 30 lines:\n{src}"
     assert nb["cells"][0]["cell_type"] == "markdown" and "Fig" in "".join(nb["cells"][0]["source"])
 
 
