@@ -158,7 +158,7 @@ def reference_score(splits: Splits) -> dict[str, float]:
     xtr, ytr = (t.reshape(len(t), -1).double().numpy() for t in splits.train.tensors)
     xte, yte = (t.reshape(len(t), -1).double().numpy() for t in splits.test.tensors)
     if splits.task == "regression":
-        pred = Ridge(alpha=1.0).fit(xtr, ytr).predict(xte)
+        pred = Ridge(alpha=1.0).fit(xtr, ytr).predict(xte).reshape(yte.shape)
         mse = float(((pred - yte) ** 2).mean())
         return {"ridge_test_mse": mse, "ridge_test_r2": 1 - mse / float(yte.var())}
     ytr, yte = ytr.ravel(), yte.ravel()

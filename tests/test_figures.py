@@ -97,3 +97,16 @@ def test_crossing_time():
     assert experiment.crossing_time({"grad_dot": mk([0.9, 0.7, 0.5, 0.3]), "cg": mk([0.4, 0.5, 0.6, 0.6])}, times) == 3.0
     assert experiment.crossing_time({"grad_dot": mk([0.9, 0.8, 0.8, 0.8]), "cg": mk([0.4, 0.5, 0.6, 0.6])}, times) is None
     assert experiment.crossing_time({"grad_dot": mk([0.9, 0.8, 0.8, 0.8])}, times) is None
+
+
+def test_reference_score_is_the_ridge_fit_on_the_same_split():
+    from sklearn.linear_model import Ridge
+
+    splits = make_splits("regression", n_train=40, n_test=10)
+    ref = experiment.reference_score(splits)
+    (x, y), (xt, yt) = splits.train.tensors, splits.test.tensors
+    pred = Ridge(alpha=1.0).fit(x.numpy(), y.numpy().ravel()).predict(xt.numpy())
+    assert ref["ridge_test_mse"] == pytest.approx(float(((pred - yt.numpy().ravel()) ** 2).mean()))
+    assert ref["ridge_test_r2"] == pytest.approx(1 - ref["ridge_test_mse"] / float(yt.numpy().var()))
+    cls = experiment.reference_score(make_splits("classification", n_train=60))
+    assert 0 <= cls["logistic_test_accuracy"] <= 1 and 0 <= cls["boosting_test_accuracy"] <= 1
