@@ -252,6 +252,9 @@ def sorted_scores_figure(gold: FurtherTrainingResult, scores: Mapping[str, Attri
     from .metrics import sorted_scores
 
     tau = gold.attribution(subtract_mean=True)
+    bad = [j for j in time_indices if not -len(gold.times) <= j < len(gold.times)]
+    if bad:
+        raise ValueError(f"time_indices {bad} out of range: the gold standard has {len(gold.times)} evaluations")
     curves = {m: sorted_scores(scores[m].values) for m in methods if m in scores}
     unit = "epoch" if gold.time_unit == "epoch" else "step"
     for j in time_indices:
