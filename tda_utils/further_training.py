@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from .cache import Cache, default_results_dir
 from .config import FurtherTrainingConfig, check_indices, stable_hash, to_dict
 from .data import Splits
-from .grads import dataset_tensors, frozen_state, trainable_params
+from .grads import activation_numel, dataset_tensors, frozen_state, trainable_params
 from .models import per_sample_loss
 from .training import batch_slices, epoch_orders, make_optimizer
 
@@ -310,7 +310,7 @@ class _Vectorized(_Engine):
         """Runs that fit the memory budget: parameters + grads + 2 optimizer states + activations."""
         elem = next(iter(self.params0.values())).element_size()
         n_par = sum(p.numel() for p in self.params0.values())
-        acts = _activation_numel(self.model, tuple(x[:1] for x in self.inputs))
+        acts = activation_numel(self.model, tuple(x[:1] for x in self.inputs))
         per_run = elem * (5 * n_par + 3 * acts * (self.cfg.batch_size + 1) + acts * min(len(self.q_target), QUERY_CHUNK))
         return max(1, min(self.cfg.max_runs_per_chunk, int(self.cfg.memory_budget_mb * 2**20 // per_run)))
 
@@ -507,21 +507,3 @@ class _MLPStack:
             if j > 0:
                 dz = torch.ops.aten.threshold_backward(torch.bmm(dz, params[wn]), acts[j], 0)
         return grads
-
-
-def _activation_numel(model: nn.Module, sample_inputs) -> int:
-    """Number of activation entries of one sample's forward pass (sum over module outputs)."""
-    total = [0]
-
-    def hook(_m, _i, out):
-        if isinstance(out, torch.Tensor):
-            total[0] += out.numel()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(*sample_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return max(total[0], 1)

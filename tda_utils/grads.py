@@ -1,7 +1,8 @@
 """Per-sample gradients with ``torch.func``, parameter subsets, flatten/unflatten.
 
 Public: ``trainable_params``, ``frozen_state``, ``flatten``, ``unflatten``, ``n_params``,
-``per_sample_grads``, ``iter_per_sample_grads``, ``chunk_size_for``, ``dataset_tensors``.
+``per_sample_grads``, ``iter_per_sample_grads``, ``chunk_size_for``, ``dataset_tensors``,
+``activation_numel``.
 
 Shapes: per-sample gradients are returned flattened, (n, d) with d = the number of trainable
 parameters, in the order of ``model.named_parameters()``. Gradients are of the per-sample loss
@@ -116,3 +117,22 @@ def per_sample_grads(model: nn.Module, dataset, indices: Sequence[int] | None = 
     inputs, target = dataset_tensors(dataset, indices)
     parts = [g for _, g in iter_per_sample_grads(model, inputs, target, task, chunk_size, memory_budget_mb)]
     return torch.cat(parts, dim=0)
+
+
+def activation_numel(model: nn.Module, sample_inputs: tuple[torch.Tensor, ...]) -> int:
+    """Number of activation entries of one sample's forward pass (sum over leaf-module outputs);
+    used to size chunks to a memory budget."""
+    total = [0]
+
+    def hook(_m, _i, out):
+        if isinstance(out, torch.Tensor):
+            total[0] += out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(*sample_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total[0], 1)

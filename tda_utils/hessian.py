@@ -2,7 +2,7 @@
 
 Public: ``math_sdpa``, ``output_hessian_apply``, ``output_hessian_sqrt``, ``batch_hvp``,
 ``dataset_hvp``, ``explicit_hessian``, ``sqrt_gnh_jacobian``, ``JacobianGNH``, ``Spectrum``, ``gnh_spectrum``,
-``full_spectrum``, ``lanczos``, ``batched_cg``, ``lissa``, ``lissa_gnh_subspace``, ``grad_stats``, ``activation_numel``.
+``full_spectrum``, ``lanczos``, ``batched_cg``, ``lissa``, ``lissa_gnh_subspace``, ``grad_stats``.
 
 Conventions. Every Hessian here is that of the *mean* loss of the data it is given,
 L(theta) = (1/n) sum_j loss_j(theta), with ``models.per_sample_loss`` (per-sample MSE = mean over
@@ -53,22 +53,6 @@ def math_sdpa():
         yield
 
 
-def activation_numel(model: nn.Module, sample_inputs: tuple[torch.Tensor, ...]) -> int:
-    """Number of activation entries of one sample's forward pass (sum over leaf-module outputs)."""
-    total = [0]
-
-    def hook(_m, _i, out):
-        if isinstance(out, torch.Tensor):
-            total[0] += out.numel()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(*sample_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return max(total[0], 1)
 
 
 # ----------------------------------------------------------------------------------------------

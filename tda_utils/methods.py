@@ -50,8 +50,9 @@ from torch.func import functional_call, grad, vmap
 from . import ekfac as _ekfac
 from .config import check_choice, check_indices, check_positive
 from .data import Splits
-from .grads import dataset_tensors, frozen_state, iter_per_sample_grads, per_sample_grads, trainable_params
-from .hessian import (HESSIANS, JacobianGNH, Spectrum, activation_numel, batch_hvp, batched_cg, dataset_hvp,
+from .grads import (activation_numel, dataset_tensors, frozen_state, iter_per_sample_grads, per_sample_grads,
+                    trainable_params)
+from .hessian import (HESSIANS, JacobianGNH, Spectrum, batch_hvp, batched_cg, dataset_hvp,
                       explicit_hessian, full_spectrum, gnh_spectrum, grad_stats, lanczos, lissa as _lissa_solve,
                       lissa_gnh_subspace, math_sdpa, sqrt_gnh_jacobian)
 

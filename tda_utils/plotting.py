@@ -44,6 +44,23 @@ def set_style() -> None:
     sns.set_theme(context="notebook", style="whitegrid", font_scale=1.1)
 
 
+def _finish(fig, ax, title: str | None, legend: bool):
+    """Title, legend and tight layout; returns the figure."""
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def _figure_axes(ax, figsize: tuple[float, float]):
+    """(figure, axes): a new figure of ``figsize`` when ``ax`` is None, else ``ax`` and its figure."""
+    if ax is None:
+        return plt.subplots(figsize=figsize)
+    return ax.figure, ax
+
+
 def time_label(unit: str) -> str:
     """Axis label for further-training time: "further training epochs" / "steps"."""
     return {"epoch": "further training epochs", "step": "further training steps"}.get(unit, unit)
@@ -55,10 +72,7 @@ def plot_agreement(curves: Mapping[str, object], times, time_unit: str = "epoch"
 
     ``curves``: {method: metrics.Curve}; ``times``: (n_evals,). Returns the figure.
     """
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 4.8))
-    else:
-        fig = ax.figure
+    fig, ax = _figure_axes(ax, (6, 4.8))
     t = np.asarray(torch.as_tensor(times).double())
     for m in method_order(list(curves)):
         c = curves[m]
@@ -69,12 +83,7 @@ def plot_agreement(curves: Mapping[str, object], times, time_unit: str = "epoch"
                         linewidth=0)
     ax.set_xlabel(xlabel or time_label(time_unit))
     ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    if legend:
-        ax.legend(fontsize="small", loc="best")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, legend)
 
 
 def save_figure(fig, name: str, figures_dir: str | Path) -> list[Path]:
@@ -92,10 +101,7 @@ def plot_seed_curves(seed_curves: Mapping[str, object], title: str | None = None
 
     ``seed_curves``: {method: metrics.SeedCurve}. Returns the figure.
     """
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    else:
-        fig = ax.figure
+    fig, ax = _figure_axes(ax, (5.5, 5.5))
     for m in method_order(list(seed_curves)):
         c = seed_curves[m]
         style = METHOD_STYLE.get(m, {"label": m})
@@ -104,12 +110,7 @@ def plot_seed_curves(seed_curves: Mapping[str, object], title: str | None = None
     ax.set_xscale("log")
     ax.set_xlabel("number of seeds averaged")
     ax.set_ylabel("best cosine similarity (max over time)")
-    if title:
-        ax.set_title(title)
-    if legend:
-        ax.legend(fontsize="small", loc="best")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, legend)
 
 
 def plot_sorted_scores(curves: Mapping[str, object], title: str | None = None, ax=None, legend: bool = True):
@@ -118,10 +119,7 @@ def plot_sorted_scores(curves: Mapping[str, object], title: str | None = None, a
     Method keys of ``METHOD_STYLE`` get their colour; other labels (further training at a time)
     are drawn in black/grey with solid/dashed lines.
     """
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 4.8))
-    else:
-        fig = ax.figure
+    fig, ax = _figure_axes(ax, (6, 4.8))
     others = 0
     for label, curve in curves.items():
         y = np.asarray(torch.as_tensor(curve).double())
@@ -135,12 +133,7 @@ def plot_sorted_scores(curves: Mapping[str, object], title: str | None = None, a
     ax.axhline(0, color="0.6", linewidth=0.8)
     ax.set_xlabel("rank")
     ax.set_ylabel("sorted attribution score")
-    if title:
-        ax.set_title(title)
-    if legend:
-        ax.legend(fontsize="small", loc="best")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, legend)
 
 
 #: the paper's panel order, with the datasets of this suite that fill each slot (first found wins)
@@ -217,10 +210,7 @@ def compose_figure(fig_id: str, panels_by_dataset: Mapping[str, Mapping], slots:
 
 def plot_scatter(x, y, xlabel: str, ylabel: str, title: str | None = None, ax=None):
     """Scatter of two score matrices (flattened) with the y = x line; returns the figure."""
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 5))
-    else:
-        fig = ax.figure
+    fig, ax = _figure_axes(ax, (5, 5))
     xs = np.asarray(torch.as_tensor(x).double()).ravel()
     ys = np.asarray(torch.as_tensor(y).double()).ravel()
     ax.scatter(xs, ys, s=8, alpha=0.5, color="C0")
