@@ -55,6 +55,10 @@ def math_sdpa():
 
 
 
+class LissaDiverged(ValueError):
+    """LiSSA's Neumann iteration diverged (a ValueError that names the remedy)."""
+
+
 # ----------------------------------------------------------------------------------------------
 # Output Hessians
 # ----------------------------------------------------------------------------------------------
@@ -428,7 +432,7 @@ def lissa(batch_matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], v:
             h = v + h - (batch_matvec(idx, h) + damping * h) / scale
             hn = h.norm(dim=1)
             if not torch.isfinite(hn).all() or (hn > divergence_factor * (t + 1) * vnorm).any():
-                raise ValueError(
+                raise LissaDiverged(
                     f"LiSSA diverged at iteration {t} with scale={scale}: the iteration is not a "
                     f"contraction (the largest eigenvalue of H_B + damping exceeds 2 x scale, or H is "
                     f"indefinite beyond the damping). Use a larger `scale` (e.g. {scale * 5:g}) or a "
@@ -474,7 +478,7 @@ def lissa_gnh_subspace(jac: JacobianGNH, v: torch.Tensor, damping: float, scale:
             geo = 1.0 + rho * geo
             hn = torch.sqrt((c * c).sum(1) + (geo * pnorm) ** 2)
             if not torch.isfinite(hn).all() or (hn > divergence_factor * (t + 1) * vnorm).any():
-                raise ValueError(
+                raise LissaDiverged(
                     f"LiSSA diverged at iteration {t} with scale={scale}: the iteration is not a "
                     f"contraction (the largest eigenvalue of H_B + damping exceeds 2 x scale). Use a larger "
                     f"`scale` (e.g. {scale * 5:g}) or a larger damping.")

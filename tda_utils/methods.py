@@ -52,7 +52,7 @@ from .config import check_choice, check_indices, check_positive
 from .data import Splits
 from .grads import (activation_numel, dataset_tensors, frozen_state, iter_per_sample_grads, per_sample_grads,
                     trainable_params)
-from .hessian import (HESSIANS, JacobianGNH, Spectrum, batch_hvp, batched_cg, dataset_hvp,
+from .hessian import (HESSIANS, JacobianGNH, LissaDiverged, Spectrum, batch_hvp, batched_cg, dataset_hvp,
                       explicit_hessian, full_spectrum, gnh_spectrum, grad_stats, lanczos, lissa as _lissa_solve,
                       lissa_gnh_subspace, math_sdpa, sqrt_gnh_jacobian)
 
@@ -508,8 +508,26 @@ def cg(model, splits, train_indices, query_indices, hessian: str = "gnh", dampin
 # ----------------------------------------------------------------------------------------------
 # LiSSA
 # ----------------------------------------------------------------------------------------------
+#: the paper's grid for LiSSA's scale (it used the smallest value that converges), extended upwards
+LISSA_SCALE_GRID = (10, 20, 50, 100, 150, 200, 250, 300, 400, 500, 1000, 2000, 5000, 10000, 100000)
+
+
 def _lissa_impl(model, splits, train_indices, query_indices, hessian, damping, damping_multiple, depth, scale,
                 batch_size, repeat, seed, divergence_factor, hvp_mode, dtype, memory_budget_mb):
+    if isinstance(scale, str):
+        check_choice("scale", scale, ("auto",))
+        tried = []
+        for candidate in LISSA_SCALE_GRID:
+            try:
+                values, diag = _lissa_impl(model, splits, train_indices, query_indices, hessian, damping,
+                                           damping_multiple, depth, float(candidate), batch_size, repeat, seed,
+                                           divergence_factor, hvp_mode, dtype, memory_budget_mb)
+            except LissaDiverged:
+                tried.append(candidate)
+                continue
+            diag.update(scale_mode="auto: smallest converging value of the paper's grid", scales_diverged=tried)
+            return values, diag
+        raise LissaDiverged(f"LiSSA diverged for every scale in {LISSA_SCALE_GRID}; increase the damping")
     _check_hessian(hessian)
     _check_int("depth", depth)
     _check_number("scale", scale, allow_zero=False)
@@ -548,7 +566,7 @@ def _lissa_impl(model, splits, train_indices, query_indices, hessian, damping, d
 
 @register_method("lissa")
 def lissa(model, splits, train_indices, query_indices, hessian: str = "gnh", damping=None, damping_multiple=None,
-          depth: int = 1000, scale: float = 10.0, batch_size: int = 128, repeat: int = 1, seed: int = 0,
+          depth: int = 1000, scale: float | str = "auto", batch_size: int = 128, repeat: int = 1, seed: int = 0,
           divergence_factor: float = 1e3, hvp_mode: str = "auto", dtype: str | None = None,
           memory_budget_mb: float = 1024.0):
     """LiSSA, (Q, T): score_i = (1/n) g_i^T est_q, est_q ~ (H + lambda I)^{-1} g_q, + = helpful.
@@ -558,7 +576,8 @@ def lissa(model, splits, train_indices, query_indices, hessian: str = "gnh", dam
     B_t are ``batch_size`` training indices drawn with replacement (torch.Generator seeded by
     ``seed``; every query sees the same batches). ``hessian="gnh"`` (LiSSA) or "exact" (LiSSA-H,
     also registered as ``lissa_h``). Batched over queries. Raises ValueError (suggesting a larger
-    ``scale``) when the iteration diverges. The paper used depth 5000. ``hvp_mode`` as in ``cg``;
+    ``scale``) when the iteration diverges. ``scale="auto"`` (default) is the paper's protocol:
+    the smallest value of ``LISSA_SCALE_GRID`` for which the iteration converges. The paper used depth 5000. ``hvp_mode`` as in ``cg``;
     with "jacobian" the same recursion (same batches) runs in the row space of the Jacobian
     (``hessian.lissa_gnh_subspace``), a second or two on the Concrete MLP.
     """
@@ -568,7 +587,7 @@ def lissa(model, splits, train_indices, query_indices, hessian: str = "gnh", dam
 
 @register_method("lissa_h")
 def lissa_h(model, splits, train_indices, query_indices, hessian: str = "exact", damping=None,
-            damping_multiple=None, depth: int = 1000, scale: float = 10.0, batch_size: int = 128, repeat: int = 1,
+            damping_multiple=None, depth: int = 1000, scale: float | str = "auto", batch_size: int = 128, repeat: int = 1,
             seed: int = 0, divergence_factor: float = 1e3, hvp_mode: str = "auto", dtype: str | None = None,
             memory_budget_mb: float = 1024.0):
     """LiSSA-H: ``lissa`` with the exact (indefinite) Hessian by default."""

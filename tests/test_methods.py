@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import tda_utils as tu
+from tda_utils import methods as methods_mod
 from tda_utils import ekfac as ek
 from tda_utils.data import Splits
 from tda_utils.grads import per_sample_grads
@@ -514,3 +515,18 @@ def test_bad_input_raises_clear_errors():
         tu.attribute("if_time", model, sp, times=[1], lr=0.1, route="lanczos", memory_budget_mb=0.001)
     with pytest.raises(ValueError, match="memory_budget_mb"):
         tu.attribute("grad_dot", model, sp, memory_budget_mb=0)
+
+
+def test_lissa_auto_scale_takes_the_smallest_converging_grid_value():
+    """The paper's protocol: scale = the smallest grid value for which LiSSA converges."""
+    sp = mlp_splits("regression", n=30)
+    model = mlp(sp)
+    auto = tu.attribute("lissa_h", model, sp, [0, 3], [0, 1], depth=200, damping_multiple=1.0)
+    chosen = auto.diagnostics["scale"]
+    assert chosen in methods_mod.LISSA_SCALE_GRID and auto.diagnostics["scales_diverged"] == [10]
+    for smaller in auto.diagnostics["scales_diverged"]:
+        assert smaller < chosen
+        with pytest.raises(ValueError, match="LiSSA diverged"):
+            tu.attribute("lissa_h", model, sp, [0, 3], [0, 1], depth=200, damping_multiple=1.0, scale=smaller)
+    fixed = tu.attribute("lissa_h", model, sp, [0, 3], [0, 1], depth=200, damping_multiple=1.0, scale=chosen)
+    torch.testing.assert_close(auto.values, fixed.values)
