@@ -9,6 +9,8 @@ PROFILE ?= cpu
 export MPLBACKEND := Agg
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# fewer progress-bar messages from notebook kernels (nbval waits at most 5 s for a cell's output)
+export TQDM_MININTERVAL := 2
 
 .PHONY: setup reproduce test lint clean
 
