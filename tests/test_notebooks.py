@@ -57,7 +57,7 @@ def test_papermill_smoke_run(run, smoke_dir):
     pngs = sorted((smoke_dir / "figures").glob("*.png"))
     assert pngs and all(p.with_suffix(".pdf").exists() for p in pngs)
     if run.notebook == "05_paper_figures":
-        done = {r.name for r in SMOKE if r.notebook != "05_paper_figures"}
+        done = {r.name for r in SMOKE if r.notebook[:2] in ("01", "02", "03", "04")}  # those save panels
         assert {p.stem for p in (smoke_dir / "results" / "panels" / "smoke").glob("*.pt")} == done
         assert (smoke_dir / "figures" / "fig2_all_datasets.png").exists()
         assert (smoke_dir / "figures" / "summary.csv").read_text().count("Grad-Dot") == len(done)
