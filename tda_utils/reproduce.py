@@ -3,7 +3,10 @@
 Public: ``load_manifest``, ``plan``, ``run``, ``main``, ``Run``.
 
 ``reproduce.yaml`` lists, per profile, the (notebook, dataset) runs and their parameter
-overrides. Each run executes ``notebooks/<notebook>.ipynb`` with papermill into
+overrides; ``--set KEY=VALUE`` overrides a parameter of every selected run (the value is read as
+YAML, e.g. ``--set data_path=/data/energy.txt --set n_seeds=2``). In a profile with
+``skip_missing_data: true`` a run whose ``data_path`` does not exist is skipped (status
+``skipped``, naming the path) instead of failing. Each run executes ``notebooks/<notebook>.ipynb`` with papermill into
 ``reports/<profile>/<notebook>__<dataset>.ipynb``; figures go to ``figures/<profile>/``. A
 progress bar runs across runs, a summary table (run, status, wall time) is printed at the end,
 and the exit status is non-zero when any run failed (the failing cell is named).
@@ -36,6 +39,27 @@ class Run:
     def name(self) -> str:
         return f"{self.notebook}__{self.dataset}" if self.dataset else self.notebook
 
+    def missing_data(self, root: Path) -> Path | None:
+        """The ``data_path`` parameter (relative to ``root``) when it is set and does not exist."""
+        path = self.parameters.get("data_path")
+        if path is None:
+            return None
+        path = Path(path).expanduser()
+        path = path if path.is_absolute() else root / path
+        return None if path.exists() else path
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` -> ``{KEY: yaml value}``; ValueError naming a malformed item."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"--set {item!r} is not valid; allowed form: KEY=VALUE with KEY a notebook "
+                             "parameter name, e.g. --set n_seeds=2")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
 
 def load_manifest(path: Path | None = None) -> dict:
     """The parsed ``reproduce.yaml`` (``{"profiles": {name: {"runs": [...], ...}}}``)."""
@@ -47,10 +71,12 @@ def load_manifest(path: Path | None = None) -> dict:
     return manifest
 
 
-def plan(manifest: dict, profile: str, only: list[str] | None = None) -> list[Run]:
+def plan(manifest: dict, profile: str, only: list[str] | None = None,
+         overrides: dict[str, Any] | None = None) -> list[Run]:
     """The runs of ``profile``, optionally restricted by ``only`` = ["NOTEBOOK[:DATASET]", ...].
 
-    Unknown profile, notebook or dataset names raise ValueError listing the valid names.
+    ``overrides`` replace parameters of every selected run. Unknown profile, notebook or dataset
+    names raise ValueError listing the valid names.
     """
     profiles = manifest["profiles"]
     if profile not in profiles:
@@ -74,6 +100,8 @@ def plan(manifest: dict, profile: str, only: list[str] | None = None) -> list[Ru
                 match = [r for r in match if r.dataset == ds]
             chosen += [r for r in match if r not in chosen]
         runs = chosen
+    for r in runs:
+        r.parameters.update(overrides or {})
     return runs
 
 
@@ -86,8 +114,13 @@ def _describe_failure(exc: BaseException) -> str:
 
 
 def run(runs: list[Run], profile: str, root: Path | None = None, reports_dir: Path | None = None,
-        figures_dir: Path | None = None, kernel_name: str | None = None, log_output: bool = False) -> list[dict]:
-    """Execute ``runs`` with papermill; return one summary row per run (never raises on failure)."""
+        figures_dir: Path | None = None, kernel_name: str | None = None, log_output: bool = False,
+        skip_missing_data: bool = False) -> list[dict]:
+    """Execute ``runs`` with papermill; return one summary row per run (never raises on failure).
+
+    With ``skip_missing_data`` a run whose ``data_path`` does not exist is not executed; its row
+    has status ``skipped`` and names the missing path.
+    """
     import papermill as pm
 
     root = Path(root) if root else repo_root()
@@ -104,6 +137,11 @@ def run(runs: list[Run], profile: str, root: Path | None = None, reports_dir: Pa
             params["dataset"] = r.dataset
         out = reports / f"{r.name}.ipynb"
         start = time.perf_counter()
+        missing = r.missing_data(root) if skip_missing_data else None
+        if missing is not None:
+            rows.append({"run": r.name, "status": "skipped", "wall_s": 0.0, "report": str(out),
+                         "detail": f"no data at data_path={str(missing)!r} (see the README's Data section)"})
+            continue
         try:
             pm.execute_notebook(str(root / "notebooks" / f"{r.notebook}.ipynb"), str(out), parameters=params,
                                 kernel_name=kernel_name, cwd=str(root / "notebooks"), progress_bar=False,
@@ -119,20 +157,24 @@ def run(runs: list[Run], profile: str, root: Path | None = None, reports_dir: Pa
 def format_summary(rows: list[dict]) -> str:
     """A plain-text table: run, status, wall time; failures with their cell."""
     width = max([len(r["run"]) for r in rows] + [3])
-    lines = [f"{'run':<{width}}  status  wall time", f"{'-' * width}  ------  ---------"]
+    lines = [f"{'run':<{width}}  status   wall time", f"{'-' * width}  -------  ---------"]
     for r in rows:
-        lines.append(f"{r['run']:<{width}}  {r['status']:<6}  {r['wall_s']:8.1f}s")
+        lines.append(f"{r['run']:<{width}}  {r['status']:<7}  {r['wall_s']:8.1f}s")
     for r in rows:
-        if r["status"] != "ok":
+        if r["status"] == "skipped":
+            lines.append(f"skipped {r['run']}: {r['detail']}")
+        elif r["status"] != "ok":
             lines.append(f"FAILED {r['run']}: {r['detail']} (see {r['report']})")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tda_utils.reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="cpu", help="profile in reproduce.yaml: cpu (default), smoke, paper")
+    parser.add_argument("--profile", default="cpu", help="profile in reproduce.yaml: cpu (default), local, smoke, paper")
     parser.add_argument("--only", action="append", metavar="NOTEBOOK[:DATASET]",
                         help="run only these (repeatable), e.g. 01_tabular_regression:concrete")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
+                        help="override a notebook parameter of every selected run (repeatable; YAML value)")
     parser.add_argument("--manifest", default=None, help="path of reproduce.yaml")
     parser.add_argument("--list", action="store_true", help="list the runs of the profile and exit")
     parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
@@ -142,16 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        runs = plan(load_manifest(args.manifest), args.profile, args.only)
+        manifest = load_manifest(args.manifest)
+        runs = plan(manifest, args.profile, args.only, parse_overrides(args.overrides))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.list:
         print("\n".join(r.name for r in runs))
         return 0
-    rows = run(runs, args.profile, kernel_name=args.kernel, log_output=args.log_output)
+    skip = bool(manifest["profiles"][args.profile].get("skip_missing_data", False))
+    rows = run(runs, args.profile, kernel_name=args.kernel, log_output=args.log_output, skip_missing_data=skip)
     print(format_summary(rows))
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -73,3 +73,35 @@ def test_runner_names_the_failing_run_and_cell(tmp_path, capsys):
     assert re.search(r"cell \d+", rows[0]["detail"])
     text = reproduce.format_summary(rows)
     assert "FAILED 01_tabular_regression__no_such_dataset: cell" in text
+
+
+def test_set_overrides_every_selected_run():
+    overrides = reproduce.parse_overrides(["n_seeds=2", "data_path=/x/energy.txt",
+                                           "method_options={lissa: {depth: 3}}", "adam_lr=null"])
+    assert overrides == {"n_seeds": 2, "data_path": "/x/energy.txt",
+                         "method_options": {"lissa": {"depth": 3}}, "adam_lr": None}
+    runs = reproduce.plan(reproduce.load_manifest(), "cpu", ["01_tabular_regression"], overrides)
+    assert [r.dataset for r in runs] == ["concrete", "diabetes"]
+    assert all(r.parameters["n_seeds"] == 2 and r.parameters["adam_lr"] is None for r in runs)
+    assert runs[1].parameters["damping_multiple"] == 1000  # the profile's own overrides stay
+    untouched = reproduce.plan(reproduce.load_manifest(), "cpu", ["01_tabular_regression"])
+    assert "n_seeds" not in untouched[0].parameters
+    for bad in ["n_seeds", "=2", "n seeds=2"]:
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            reproduce.parse_overrides([bad])
+
+
+def test_local_profile_skips_runs_whose_data_is_missing(tmp_path):
+    manifest = reproduce.load_manifest()
+    assert manifest["profiles"]["local"]["skip_missing_data"] is True
+    runs = reproduce.plan(manifest, "local", ["01_tabular_regression:energy"],
+                          {"data_path": str(tmp_path / "nowhere" / "energy.txt")})
+    rows = reproduce.run(runs, "local", reports_dir=tmp_path / "r", figures_dir=tmp_path / "f",
+                         skip_missing_data=True)
+    assert rows[0]["status"] == "skipped" and "nowhere" in rows[0]["detail"]
+    assert not (tmp_path / "r" / "01_tabular_regression__energy.ipynb").exists()
+    assert "skipped 01_tabular_regression__energy: no data at data_path=" in reproduce.format_summary(rows)
+    # relative paths are read from the repository root; existing ones are not skipped
+    assert reproduce.Run("x", None, {"data_path": "notebooks"}).missing_data(ROOT) is None
+    assert reproduce.Run("x", None, {"data_path": "data/none"}).missing_data(ROOT) == ROOT / "data/none"
+    assert reproduce.Run("x", None, {}).missing_data(ROOT) is None
