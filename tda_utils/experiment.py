@@ -266,20 +266,33 @@ def sorted_scores_figure(gold: FurtherTrainingResult, scores: Mapping[str, Attri
 
 
 def top_instances(gold: FurtherTrainingResult, scores: Mapping[str, AttributionScores], query_positions=(0, 1, 2),
-                  k: int = 3, time_index: int = 0) -> pd.DataFrame:
+                  k: int = 3, time_index: int | None = None) -> pd.DataFrame:
     """Table 2: for each query, the ``k`` most helpful and most harmful left-out instances by the
-    gold standard (seed-averaged tau at ``time_index``), with every method's score and rank
-    (1 = most helpful) for the same instances."""
-    tau = gold.attribution(subtract_mean=True)[time_index]  # (Q, L)
+    gold standard (seed-averaged, mean-subtracted tau at evaluation ``time_index``), with every
+    method's score and rank (1 = most helpful) for the same instances.
+
+    ``time_index=None`` (default): the first evaluation at which tau is not identically zero for
+    any chosen query (with ``leave_out="permutation"`` and evaluations within the first epoch, a
+    left-out instance not yet visited by any seed has tau = 0). The column ``time`` records it.
+    """
+    tau_all = gold.attribution(subtract_mean=True)  # (T, Q, L)
+    for qp in query_positions:
+        if not 0 <= qp < tau_all.shape[1]:
+            raise ValueError(f"query position {qp} is out of range [0, {tau_all.shape[1]})")
+    if time_index is None:
+        rows_q = tau_all[:, list(query_positions)]  # (T, q, L)
+        informative = (rows_q != 0).any(dim=-1).all(dim=-1)
+        time_index = int(informative.nonzero()[0]) if bool(informative.any()) else 0
+    elif not -tau_all.shape[0] <= time_index < tau_all.shape[0]:
+        raise ValueError(f"time_index={time_index} is out of range for {tau_all.shape[0]} evaluations")
+    tau = tau_all[time_index]  # (Q, L)
     rows = []
     for qp in query_positions:
-        if not 0 <= qp < tau.shape[0]:
-            raise ValueError(f"query position {qp} is out of range [0, {tau.shape[0]})")
         order = tau[qp].argsort(descending=True).tolist()
         for kind, picks in (("helpful", order[:k]), ("harmful", order[::-1][:k])):
             for pos in picks:
                 row = {"query": gold.query_indices[qp], "kind": kind, "train_index": gold.left_out[pos],
-                       "tau": float(tau[qp, pos])}
+                       "time": float(gold.times[time_index]), "tau": float(tau[qp, pos])}
                 for m, s in scores.items():
                     v = s.values[qp]
                     row[f"{m}_score"] = float(v[pos])
@@ -339,14 +352,18 @@ def cross_dataset_summary(panels_by_run: Mapping[str, Mapping]) -> pd.DataFrame:
 
 
 def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub-flavoured Markdown table of ``df`` (floats rounded, NaN/None shown as "-")."""
-    def cell(v):
+    """A GitHub-flavoured Markdown table of ``df`` (floats rounded, NaN/None shown as "-"; whole
+    numbers in columns named ``*time*`` shown without decimals)."""
+    def cell(v, column):
         if v is None or (isinstance(v, float) and v != v):
             return "-"
+        if isinstance(v, float) and "time" in str(column) and v.is_integer():
+            return str(int(v))
         return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(v, c) for v, c in zip(row, df.columns)) + " |"
+              for row in df.itertuples(index=False)]
     return "\n".join(lines)
 
 
@@ -390,8 +407,9 @@ def image_table_figure(table: pd.DataFrame, splits: Splits, dataset: str, figure
         part = table[table["query"] == q]
         cells = []
         for _, r in part.iterrows():
-            ranks = ", ".join(f"{METHOD_STYLE.get(m, {}).get('label', m)} #{int(r[f'{m}_rank'])}"
-                              for m in methods if f"{m}_rank" in r)
+            ranks = [f"{METHOD_STYLE.get(m, {}).get('label', m)} #{int(r[f'{m}_rank'])}"
+                     for m in methods if f"{m}_rank" in r]
+            ranks = "\n".join(", ".join(ranks[i:i + 2]) for i in range(0, len(ranks), 2))
             text = f"{r['kind']} {label(y_train[int(r['train_index'])])}\ntau={r['tau']:.2g}" + (f"\n{ranks}" if ranks else "")
             cells.append((x_train[int(r["train_index"])], text))
         rows.append(cells)

@@ -266,7 +266,8 @@ def plot_image_table(query_images, query_titles: Sequence[str], rows: Sequence[S
     """
     n_q = len(query_titles)
     n_c = 1 + max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_q, n_c, figsize=(1.9 * n_c, 2.3 * n_q), squeeze=False)
+    n_lines = max([t.count("\n") + 1 for r in rows for _, t in r] + [t.count("\n") + 1 for t in query_titles])
+    fig, axes = plt.subplots(n_q, n_c, figsize=(1.9 * n_c, n_q * (1.9 + 0.13 * n_lines)), squeeze=False)
 
     def show(ax, img, text):
         x = torch.as_tensor(img).double()

@@ -69,6 +69,36 @@ def test_top_instances_table(small_run):
     assert first["train_index"] == gold.left_out[int(tau0[0].argmax())]
     assert first["tau"] == pytest.approx(float(tau0[0].max()))
     assert 1 <= first["grad_dot_rank"] <= len(gold.left_out)
+    assert (table["time"] == float(gold.times[0])).all()
+
+
+def test_top_instances_skips_evaluations_where_tau_is_still_zero(small_run):
+    """With permutation leave-out, tau is exactly 0 before any seed has visited a left-out
+    instance; Table 2 then uses the first evaluation with a signal for every chosen query."""
+    import dataclasses
+
+    _, gold, scores = small_run
+    # prepend an evaluation (time 0.5) at which every left-out run equals the full run
+    full0 = gold.loss_full[:1]  # (1, S, Q)
+    early = dataclasses.replace(gold, loss_full=torch.cat([full0, gold.loss_full]),
+                                loss_loo=torch.cat([full0[:, :, None, :].expand_as(gold.loss_loo[:1]), gold.loss_loo]),
+                                times=torch.cat([torch.tensor([0.5]), torch.as_tensor(gold.times).float()]))
+    assert early.attribution()[0].abs().max() == 0
+    table = experiment.top_instances(early, scores, query_positions=(0, 2), k=2)
+    assert (table["time"] == float(early.times[1])).all()
+    assert table["tau"].abs().max() > 0
+    with pytest.raises(ValueError, match="time_index=9"):
+        experiment.top_instances(early, scores, time_index=9)
+    forced = experiment.top_instances(early, scores, query_positions=(0,), k=1, time_index=0)
+    assert (forced["tau"] == 0).all()
+
+
+def test_markdown_table_formats_times_as_integers():
+    import pandas as pd
+
+    md = experiment.markdown_table(pd.DataFrame({"method": ["Grad-Dot"], "first": [0.12345], "best_time": [16.0],
+                                                 "crossing_time": [float("nan")], "other": [2.0]}))
+    assert md.splitlines()[2] == "| Grad-Dot | 0.123 | 16 | - | 2.000 |"
 
 
 def test_compose_figure_with_a_missing_dataset(small_run, tmp_path):
