@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import matplotlib.ticker
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -108,8 +109,11 @@ def plot_seed_curves(seed_curves: Mapping[str, object], title: str | None = None
         ax.errorbar(c.ks, np.asarray(c.best), yerr=np.nan_to_num(np.asarray(c.sem)), marker="o", capsize=3,
                     label=style.get("label", m), color=style.get("color"), linestyle=style.get("linestyle", "-"))
     ax.set_xscale("log")
+    ks = sorted({int(k) for c in seed_curves.values() for k in c.ks})
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("number of seeds averaged")
-    ax.set_ylabel("best cosine similarity (max over time)")
+    ax.set_ylabel("best cosine similarity")
     return _finish(fig, ax, title, legend)
 
 
@@ -199,12 +203,15 @@ def compose_figure(fig_id: str, panels_by_dataset: Mapping[str, Mapping], slots:
             handles.setdefault(lab, h)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
+    bottom = 0.0
     if handles and key != "fig10":
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)),
-                   bbox_to_anchor=(0.5, -0.02), fontsize="small")
+        ncol = min(5, len(handles))
+        bottom = (0.3 * -(-len(handles) // ncol) + 0.2) / fig.get_figheight()  # legend rows, in figure units
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol,
+                   bbox_to_anchor=(0.5, 0.0), fontsize="small")
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 if handles and key != "fig10" else 0, 1, 1))
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     return fig
 
 
