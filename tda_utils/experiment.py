@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import default_results_dir, repo_root
-from .config import check_indices
+from .config import check_indices, check_positive
 from .data import Splits
 from .further_training import FurtherTrainingResult
 from .methods import METHODS, AttributionScores, attribute
@@ -265,17 +265,26 @@ def sorted_scores_figure(gold: FurtherTrainingResult, scores: Mapping[str, Attri
     return fig, curves
 
 
-def top_instances(gold: FurtherTrainingResult, scores: Mapping[str, AttributionScores], query_positions=(0, 1, 2),
+def top_instances(gold: FurtherTrainingResult, scores: Mapping[str, AttributionScores], query_positions=3,
                   k: int = 3, time_index: int | None = None) -> pd.DataFrame:
     """Table 2: for each query, the ``k`` most helpful and most harmful left-out instances by the
     gold standard (seed-averaged, mean-subtracted tau at evaluation ``time_index``), with every
     method's score and rank (1 = most helpful) for the same instances.
 
-    ``time_index=None`` (default): the first evaluation at which tau is not identically zero for
-    any chosen query (with ``leave_out="permutation"`` and evaluations within the first epoch, a
-    left-out instance not yet visited by any seed has tau = 0). The column ``time`` records it.
+    ``query_positions``: positions in ``gold.query_indices``, or an int n: the first n queries
+    whose tau is not identically zero at every evaluation (a query the model fits with a float32
+    loss of exactly 0 has no signal). ``time_index=None`` (default): the first evaluation at
+    which tau is not identically zero for any chosen query (with ``leave_out="permutation"``
+    and evaluations within the first epoch, a left-out instance not yet visited by any seed has
+    tau = 0). The column ``time`` records it.
     """
     tau_all = gold.attribution(subtract_mean=True)  # (T, Q, L)
+    if isinstance(query_positions, int):
+        check_positive("query_positions", query_positions, integer=True)
+        signal = (tau_all != 0).any(dim=-1).any(dim=0)  # (Q,)
+        query_positions = signal.nonzero().flatten().tolist()[:query_positions]
+        if not query_positions:
+            raise ValueError("no query has a non-zero gold standard; pass query_positions as a list to force some")
     for qp in query_positions:
         if not 0 <= qp < tau_all.shape[1]:
             raise ValueError(f"query position {qp} is out of range [0, {tau_all.shape[1]})")

@@ -274,7 +274,8 @@ def plot_image_table(query_images, query_titles: Sequence[str], rows: Sequence[S
     n_q = len(query_titles)
     n_c = 1 + max(len(r) for r in rows)
     n_lines = max([t.count("\n") + 1 for r in rows for _, t in r] + [t.count("\n") + 1 for t in query_titles])
-    fig, axes = plt.subplots(n_q, n_c, figsize=(1.9 * n_c, n_q * (1.9 + 0.13 * n_lines)), squeeze=False)
+    fig, axes = plt.subplots(n_q, n_c, figsize=(1.9 * n_c, n_q * (1.9 + 0.13 * n_lines)), squeeze=False,
+                             layout="constrained")
 
     def show(ax, img, text):
         x = torch.as_tensor(img).double()
@@ -296,5 +297,4 @@ def plot_image_table(query_images, query_titles: Sequence[str], rows: Sequence[S
                 axes[i][j].set_visible(False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig

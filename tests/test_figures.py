@@ -87,6 +87,12 @@ def test_top_instances_skips_evaluations_where_tau_is_still_zero(small_run):
     table = experiment.top_instances(early, scores, query_positions=(0, 2), k=2)
     assert (table["time"] == float(early.times[1])).all()
     assert table["tau"].abs().max() > 0
+    # an int picks the first queries with a signal; a query whose tau is identically 0 is skipped
+    silent = dataclasses.replace(early, loss_loo=early.loss_loo.clone())
+    silent.loss_loo[..., 0] = silent.loss_full[..., None, 0]
+    assert (silent.attribution()[:, 0] == 0).all()
+    auto = experiment.top_instances(silent, scores, query_positions=2, k=1)
+    assert list(dict.fromkeys(auto["query"])) == [silent.query_indices[1], silent.query_indices[2]]
     with pytest.raises(ValueError, match="time_index=9"):
         experiment.top_instances(early, scores, time_index=9)
     forced = experiment.top_instances(early, scores, query_positions=(0,), k=1, time_index=0)
