@@ -272,26 +272,26 @@ def top_instances(gold: FurtherTrainingResult, scores: Mapping[str, AttributionS
     method's score and rank (1 = most helpful) for the same instances.
 
     ``query_positions``: positions in ``gold.query_indices``, or an int n: the first n queries
-    whose tau is not identically zero at every evaluation (a query the model fits with a float32
-    loss of exactly 0 has no signal). ``time_index=None`` (default): the first evaluation at
-    which tau is not identically zero for any chosen query (with ``leave_out="permutation"``
-    and evaluations within the first epoch, a left-out instance not yet visited by any seed has
-    tau = 0). The column ``time`` records it.
+    with a signal at some evaluation. A query has a signal at an evaluation when its raw
+    (not mean-subtracted) seed-averaged tau is non-zero for at least half of the left-out
+    instances: a query the model fits with a float32 loss of ~1e-7 gets exactly 0 for most.
+    ``time_index=None`` (default): the first evaluation at which every chosen query has a signal
+    (with ``leave_out="permutation"`` and evaluations within the first epoch, an instance no
+    seed has visited yet has tau = 0). The column ``time`` records it.
     """
     tau_all = gold.attribution(subtract_mean=True)  # (T, Q, L)
+    signal = (gold.attribution(subtract_mean=False) != 0).double().mean(dim=-1) >= 0.5  # (T, Q)
     if isinstance(query_positions, int):
         check_positive("query_positions", query_positions, integer=True)
-        signal = (tau_all != 0).any(dim=-1).any(dim=0)  # (Q,)
-        query_positions = signal.nonzero().flatten().tolist()[:query_positions]
+        query_positions = signal.any(dim=0).nonzero().flatten().tolist()[:query_positions]
         if not query_positions:
             raise ValueError("no query has a non-zero gold standard; pass query_positions as a list to force some")
     for qp in query_positions:
         if not 0 <= qp < tau_all.shape[1]:
             raise ValueError(f"query position {qp} is out of range [0, {tau_all.shape[1]})")
     if time_index is None:
-        rows_q = tau_all[:, list(query_positions)]  # (T, q, L)
-        informative = (rows_q != 0).any(dim=-1).all(dim=-1)
-        time_index = int(informative.nonzero()[0]) if bool(informative.any()) else 0
+        ready = signal[:, list(query_positions)].all(dim=-1)  # (T,)
+        time_index = int(ready.nonzero()[0]) if bool(ready.any()) else 0
     elif not -tau_all.shape[0] <= time_index < tau_all.shape[0]:
         raise ValueError(f"time_index={time_index} is out of range for {tau_all.shape[0]} evaluations")
     tau = tau_all[time_index]  # (Q, L)
