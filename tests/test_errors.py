@@ -58,7 +58,7 @@ def test_index_errors_in_further_training_and_methods():
 
 def test_runner_rejects_unknown_profile_notebook_dataset():
     manifest = reproduce.load_manifest()
-    with pytest.raises(ValueError, match=r"profile='fast' is not valid; allowed values: cpu, paper, smoke"):
+    with pytest.raises(ValueError, match=r"profile='fast' is not valid; allowed values: cpu, local, paper, smoke"):
         reproduce.plan(manifest, "fast")
     with pytest.raises(ValueError, match=r"notebook '07_audio' is not in profile 'cpu'; allowed values: 00_unified_view_tutorial, 01_tabular_regression"):
         reproduce.plan(manifest, "cpu", ["07_audio"])
