@@ -27,6 +27,13 @@ def repo_root() -> Path:
     return Path.cwd()
 
 
+def repo_path(path: str | os.PathLike, root: Path | None = None) -> Path:
+    """A user path: ``~`` expanded; a relative path is read from ``root`` (default: the
+    repository root), so notebooks and the runner resolve ``data_path`` alike."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(root or repo_root()) / p
+
+
 def default_results_dir() -> Path:
     """``$FIMO_RESULTS_DIR`` if set, else ``<repo>/results``."""
     env = os.environ.get("FIMO_RESULTS_DIR")

@@ -194,17 +194,19 @@ def unhooked_layers(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[to
 
 
 def fit_ekfac(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, task: str,
-              chunk: int = 64, layers: list[EkfacLayer] | None = None) -> list[EkfacLayer]:
+              chunk: int = 64, layers: list[EkfacLayer] | None = None,
+              check_hooks: bool = True) -> list[EkfacLayer]:
     """Fit EK-FAC on the dataset (inputs, target): factors, eigenbases, corrected eigenvalues.
 
     Two passes over the data in chunks of ``chunk`` samples (factors; eigenvalue correction). The
     factors are accumulated and decomposed in float64. ``target`` is only used for its length
-    (the GNH does not depend on labels).
+    (the GNH does not depend on labels). ``check_hooks=False`` skips the ``unhooked_layers``
+    check for callers that have already dropped such layers.
     """
     if layers is None:
         layers = kfac_layers(model)[0]
     n = target.shape[0]
-    bad = unhooked_layers(model, layers, tuple(x[:4] for x in inputs), target[:4], task)
+    bad = unhooked_layers(model, layers, tuple(x[:4] for x in inputs), target[:4], task) if check_hooks else []
     if bad:
         raise ValueError(f"ekfac: the weights of layers {bad} are also used outside their module's forward (e.g. "
                          "through torch.nn.functional), so hooks cannot see their gradients and the Kronecker "

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .cache import default_results_dir, repo_root
+from .cache import default_results_dir, repo_path, repo_root
 from .config import check_indices, check_positive
 from .data import Splits
 from .further_training import FurtherTrainingResult
@@ -47,16 +47,10 @@ def load_data(dataset: str, data_path: str | None = None, seed: int = 0, **optio
         name = next((p for p in ("path", "root_dir", "root") if p in accepted), None)
         if name is None:
             raise ValueError(f"data_path is given but dataset {dataset!r} reads no local files; set data_path=None")
-        options[name] = _from_repo(data_path)
+        options[name] = str(repo_path(data_path))
     if options.get("model_path") is not None:
-        options["model_path"] = _from_repo(options["model_path"])
+        options["model_path"] = str(repo_path(options["model_path"]))
     return load_dataset(dataset, seed=seed, **options)
-
-
-def _from_repo(path: str | Path) -> str:
-    """A user path; relative paths are read from the repository root."""
-    p = Path(path).expanduser()
-    return str(p if p.is_absolute() else repo_root() / p)
 
 
 def paper_step_schedule(n_train: int, batch_size: int, epochs: int, every: int = 5) -> list[int]:

@@ -697,7 +697,8 @@ def ekfac(model, splits, train_indices, query_indices, damping=None, damping_mul
     lam = damps[0][1]
     acts = activation_numel(ctx.model, tuple(x[:1] for x in ctx.tr_inputs))
     chunk = min(1024, max(1, int(0.5 * ctx.budget_bytes // (8 * (2 * ctx.d + 4 * acts * max(ctx.k, 1))))))
-    _ekfac.fit_ekfac(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, chunk=chunk, layers=layers)
+    _ekfac.fit_ekfac(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, chunk=chunk, layers=layers,
+                     check_hooks=False)  # unhooked layers were dropped above
 
     def rotated(split: str, indices) -> Iterator[list[torch.Tensor]]:
         for c in range(0, len(indices), chunk):

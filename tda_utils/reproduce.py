@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from .cache import repo_root
+from .cache import repo_path, repo_root
 
 
 @dataclasses.dataclass
@@ -44,8 +44,7 @@ class Run:
         path = self.parameters.get("data_path")
         if path is None:
             return None
-        path = Path(path).expanduser()
-        path = path if path.is_absolute() else root / path
+        path = repo_path(path, root)
         return None if path.exists() else path
 
 
@@ -132,16 +131,16 @@ def run(runs: list[Run], profile: str, root: Path | None = None, reports_dir: Pa
     bar = tqdm(runs, desc=f"reproduce [{profile}]", unit="run")
     for r in bar:
         bar.set_postfix_str(r.name)
-        params = {**r.parameters, "profile": profile, "figures_dir": str(figures)}
-        if r.dataset:
-            params["dataset"] = r.dataset
         out = reports / f"{r.name}.ipynb"
-        start = time.perf_counter()
         missing = r.missing_data(root) if skip_missing_data else None
         if missing is not None:
             rows.append({"run": r.name, "status": "skipped", "wall_s": 0.0, "report": str(out),
                          "detail": f"no data at data_path={str(missing)!r} (see the README's Data section)"})
             continue
+        params = {**r.parameters, "profile": profile, "figures_dir": str(figures)}
+        if r.dataset:
+            params["dataset"] = r.dataset
+        start = time.perf_counter()
         try:
             pm.execute_notebook(str(root / "notebooks" / f"{r.notebook}.ipynb"), str(out), parameters=params,
                                 kernel_name=kernel_name, cwd=str(root / "notebooks"), progress_bar=False,
