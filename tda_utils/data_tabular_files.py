@@ -26,7 +26,8 @@ import pandas as pd
 
 from .config import check_choice, check_positive
 from .data import Splits, register_dataset, regression_splits, use_published_left_out
-from .data_tabular import _package_version, _seeded_left_out_meta, classification_splits
+from .data_tabular import (ONE_HOT_FITS, _package_version, _seeded_left_out_meta,
+                           classification_splits)
 
 ENERGY_ROWS = 768
 HELOC_ROWS = 10459
