@@ -10,6 +10,8 @@ Stored with ``torch.save`` as dicts, lists, numbers, strings and tensors only, r
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,11 +89,19 @@ class RunResults:
 
 
 def load_results(profile: str, results_dir=None) -> dict[str, RunResults]:
-    """Every stored ``RunResults`` of ``profile``: {"<notebook>__<dataset>": record}."""
+    """Every stored ``RunResults`` of ``profile``: {"<notebook>__<dataset>": record}.
+
+    A file that is not a record of this version (e.g. written by an older suite) is skipped with
+    a warning naming it; rerunning its notebook replaces it.
+    """
     folder = Path(results_dir or default_results_dir()) / "panels" / profile
-    if not folder.exists():
-        return {}
-    return {
-        p.stem: RunResults.from_data(torch.load(p, weights_only=True))
-        for p in sorted(folder.glob("*.pt"))
-    }
+    runs = {}
+    for p in sorted(folder.glob("*.pt")) if folder.exists() else []:
+        try:
+            runs[p.stem] = RunResults.from_data(torch.load(p, weights_only=True))
+        except (pickle.UnpicklingError, RuntimeError, TypeError, KeyError) as err:
+            warnings.warn(
+                f"skipping {p}: not a results record of this version ({err}); rerun its notebook",
+                stacklevel=2,
+            )
+    return runs

@@ -162,7 +162,9 @@ def test_results_record_round_trip_and_composed_figure(small_run, tmp_path):
     torch.testing.assert_close(record.agreement["fig2"]["grad_dot"].mean, curves["grad_dot"].mean)
     stored = torch.load(record.path(tmp_path), weights_only=True)  # plain data only
     assert isinstance(stored, dict) and isinstance(stored["agreement"]["fig2"]["grad_dot"], dict)
-    runs = pipeline.load_results("smoke", tmp_path)
+    torch.save({"fig2": {}, "summary": object()}, tmp_path / "panels" / "smoke" / "old__format.pt")
+    with pytest.warns(UserWarning, match="old__format.pt: not a results record"):
+        runs = pipeline.load_results("smoke", tmp_path)
     assert list(runs) == ["01_tabular_regression__concrete"]
     loaded = runs["01_tabular_regression__concrete"]
     torch.testing.assert_close(
