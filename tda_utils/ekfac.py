@@ -186,7 +186,8 @@ def unhooked_layers(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[to
         auto = torch.autograd.grad(loss, [params[ly.weight] for ly in layers], allow_unused=True)
     bad = []
     for i, (ly, g) in enumerate(zip(layers, auto)):
-        g = torch.zeros(ly.out_dim, ly.in_dim - (ly.bias is not None)) if g is None else g.reshape(ly.out_dim, -1)
+        g = torch.zeros(ly.out_dim, ly.in_dim - (ly.bias is not None), device=target.device) if g is None \
+            else g.reshape(ly.out_dim, -1)
         h = hooked[i][:, :g.shape[1]] if i in hooked else torch.zeros_like(g)
         if float((h - g).norm()) > rtol * float(g.norm()) + 1e-12:
             bad.append(ly.module_name)
@@ -258,7 +259,8 @@ def rotated_loss_grads(model: nn.Module, layers: list[EkfacLayer], inputs: tuple
         ly = layers[i]
         rot[i] = torch.einsum("bto,bti->boi", s.to(torch.float64) @ ly.QS, a.to(torch.float64) @ ly.QA)
     B = target.shape[0]
-    return [r if r is not None else torch.zeros(B, ly.out_dim, ly.in_dim, dtype=torch.float64)
+    return [r if r is not None
+            else torch.zeros(B, ly.out_dim, ly.in_dim, dtype=torch.float64, device=ly.QS.device)
             for r, ly in zip(rot, layers)]
 
 

@@ -104,3 +104,30 @@ def test_train_and_evaluate_cpu_and_gpu_agree():
         torch.testing.assert_close(va, vb, rtol=1e-10, atol=1e-12)
     ea, eb = tu.evaluate(a, splits, device="cpu"), tu.evaluate(a, splits, device="cuda")
     assert eb["accuracy"] == ea["accuracy"] and abs(eb["loss"] - ea["loss"]) < 1e-10
+
+
+# ---------------------------------------------------------------- attribution methods
+def test_attribute_on_explicit_cpu_and_bad_device():
+    splits = make_splits("regression", n_train=15, n_test=3)
+    final = tiny_model(splits, hidden=4, train_epochs=5)
+    for method in ("grad_dot", "lissa"):
+        a = tu.attribute(method, final, splits, device="cpu")
+        b = tu.attribute(method, final, splits)
+        assert a.values.device.type == "cpu"
+        if not torch.cuda.is_available():  # "auto" is the CPU here
+            assert torch.equal(a.values, b.values)
+    with pytest.raises(ValueError, match="device='tpu'"):
+        tu.attribute("grad_dot", final, splits, device="tpu")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("method", ["grad_dot", "grad_cos", "datainf", "cg", "lissa", "lissa_h", "ekfac", "trak",
+                                    "if_time", "if_explicit"])
+def test_every_method_cpu_and_gpu_agree(method):
+    splits = make_splits("classification", n_train=15, n_test=3)
+    final = tiny_model(splits, hidden=4, train_epochs=5)
+    on_cpu = tu.attribute(method, final, splits, device="cpu")
+    on_gpu = tu.attribute(method, final, splits, device="cuda")
+    assert on_gpu.values.device.type == "cpu" and next(final.parameters()).device.type == "cpu"
+    torch.testing.assert_close(on_gpu.values, on_cpu.values, rtol=1e-6, atol=1e-9)
