@@ -427,8 +427,9 @@ class _Vectorized(_Engine):
                 rows = rows.gather(1, src).masked_fill_(is_loo[:, None] & (k == n - 1), -1)
             orders[:, :n] = rows
             for slot in range(self.n_slots):
-                idx = orders[:, slot * B:(slot + 1) * B]  # (R, B)
-                valid = (slot * B + pos_in_slot) < length[:, None]
+                width = min(B, n - slot * B)  # the last slot is narrower: no padded rows to compute
+                idx = orders[:, slot * B:slot * B + width]  # (R, width)
+                valid = (slot * B + pos_in_slot[:width]) < length[:, None]
                 count = valid.sum(1)
                 active = count > 0
                 w = valid.to(dtype) / count.clamp(min=1).to(dtype)[:, None]
