@@ -77,13 +77,14 @@ def select_queries(splits: Splits, query_indices: Sequence[int] | None = None, n
 
 def run_methods(methods: Sequence[str], model, splits: Splits, train_indices, query_indices,
                 damping_multiple: float = 100.0, method_options: Mapping[str, Mapping[str, Any]] | None = None,
-                gold: FurtherTrainingResult | None = None, progress: bool = True) -> dict[str, AttributionScores]:
+                gold: FurtherTrainingResult | None = None, progress: bool = True,
+                device="auto") -> dict[str, AttributionScores]:
     """Run each method in ``methods`` (paper order) on the same train x query pairs.
 
     Hessian-based methods get ``damping_multiple`` (unless ``method_options[m]`` gives an absolute
     ``damping``); ``method_options[m]`` overrides per method.
     ``if_time`` is evaluated at the gold standard's times (converted to optimizer steps) with its
-    learning rate.
+    learning rate. ``device``: where every method computes (``attribute``).
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -99,7 +100,8 @@ def run_methods(methods: Sequence[str], model, splits: Splits, train_indices, qu
                 raise ValueError("if_time needs the gold standard (gold=...) for its times and learning rate")
             opts.update(times=gold_steps(gold, splits), lr=gold.config.lr)
         opts.update(method_options.get(m, {}))
-        out[m] = attribute(m, model, splits, train_indices=train_indices, query_indices=query_indices, **opts)
+        out[m] = attribute(m, model, splits, train_indices=train_indices, query_indices=query_indices,
+                           device=device, **opts)
     return out
 
 
