@@ -216,7 +216,7 @@ def unhooked_layers(
     bad = []
     for i, (ly, g) in enumerate(zip(layers, auto)):
         g = (
-            torch.zeros(ly.out_dim, ly.in_dim - (ly.bias is not None))
+            torch.zeros(ly.out_dim, ly.in_dim - (ly.bias is not None), device=target.device)
             if g is None
             else g.reshape(ly.out_dim, -1)
         )
@@ -313,7 +313,9 @@ def rotated_loss_grads(
         )
     B = target.shape[0]
     return [
-        r if r is not None else torch.zeros(B, ly.out_dim, ly.in_dim, dtype=torch.float64)
+        r
+        if r is not None
+        else torch.zeros(B, ly.out_dim, ly.in_dim, dtype=torch.float64, device=ly.QS.device)
         for r, ly in zip(rot, layers)
     ]
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from .cache import Cache, default_results_dir, model_fingerprint
 from .config import FurtherTrainingConfig, check_indices, stable_hash, to_dict
 from .data import Splits
+from .devices import resolve_device
 from .grads import activation_numel, dataset_tensors, frozen_state, trainable_params
 from .models import per_sample_loss
 from .stacked import MLPStack, StackedOptimizer
@@ -157,14 +158,20 @@ def eval_schedule(cfg: FurtherTrainingConfig, n_train: int) -> tuple[list[tuple[
 # ----------------------------------------------------------------------------------------------
 def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
                   query_indices: Sequence[int] | None = None, init: dict[str, torch.Tensor] | None = None,
-                  cache_dir=..., progress: bool = True) -> FurtherTrainingResult:
+                  cache_dir=..., progress: bool = True, device="auto", executor="local") -> FurtherTrainingResult:
     """Run the gold standard; see the module docstring for the semantics.
 
     ``query_indices``: test instances whose loss is recorded (default: all). ``init``: starting
     parameters (default: the final model's). Per-seed results are cached atomically under
     ``<cache_dir>/further_training/<key>/seed_<s>.pt`` (``cache_dir=None`` disables caching), so
     an interrupted run resumes where it stopped.
+
+    ``device``: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N" (``devices.resolve_device``);
+    results and caches are CPU tensors. ``executor``: "local" (this process), "ray" (chunks of
+    seeds as Ray tasks, ``executors.RayExecutor``) or an executor object; every executor writes
+    the same per-seed cache, so a run resumes with any of them.
     """
+    from .executors import get_executor  # late import: executors imports this module
     if not isinstance(cfg, FurtherTrainingConfig):
         raise ValueError(f"cfg must be a FurtherTrainingConfig, got {type(cfg).__name__}")
     n = splits.n_train
@@ -205,8 +212,8 @@ def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
     from_cache = len(results)
 
     engine = _Vectorized if cfg.engine == "vectorized" else _Sequential
-    runner = engine(model, data, cfg, left_out, queries, points)
-    for s, res in runner.run(todo, progress):
+    runner = get_executor(executor)
+    for s, res in runner.run(engine, (model, data, cfg, left_out, queries, points), device, todo, progress):
         cache.save(f"seed_{s}", res)
         results[s] = res
 
@@ -232,11 +239,15 @@ def _seed_item_check(n_evals: int, n_left_out: int, n_query: int):
 
 
 class _Engine:
-    def __init__(self, model, data: Splits, cfg: FurtherTrainingConfig, left_out, queries, points):
-        self.model, self.data, self.cfg = model, data, cfg
+    def __init__(self, model, data: Splits, cfg: FurtherTrainingConfig, left_out, queries, points,
+                 device="cpu"):
+        self.device = dev = resolve_device(device)
+        self.model, self.data, self.cfg = model.to(dev), data, cfg
         self.left_out, self.points = list(left_out), points
         self.inputs, self.target = dataset_tensors(data.train)
         self.q_inputs, self.q_target = dataset_tensors(data.test, queries)
+        self.inputs, self.q_inputs = tuple(x.to(dev) for x in self.inputs), tuple(x.to(dev) for x in self.q_inputs)
+        self.target, self.q_target = self.target.to(dev), self.q_target.to(dev)
         self.task = data.task
         self.n = len(self.target)
         self.n_slots = math.ceil(self.n / cfg.batch_size)
@@ -244,6 +255,10 @@ class _Engine:
         for j, p in enumerate(points):
             self.eval_at.setdefault(p, j)
         self.last_epoch = max(e for e, _ in points) + 1
+
+    def seeds_per_chunk(self) -> int:
+        """Seeds trained together (and the natural size of an executor's task)."""
+        return 1
 
     def run_name(self, seed: int, train_index: int | None) -> str:
         what = "the full-data run" if train_index is None else f"the run without training index {train_index}"
@@ -277,10 +292,11 @@ class _Sequential(_Engine):
         opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr,
                              cfg.weight_decay, cfg.betas, cfg.eps)
         dtype = next(model.parameters()).dtype
-        losses = torch.empty(len(self.points), len(self.q_target), dtype=dtype)
+        losses = torch.empty(len(self.points), len(self.q_target), dtype=dtype, device=self.device)
         if (0, 0) in self.eval_at:
             losses[self.eval_at[(0, 0)]] = self._query_losses(model)
         for epoch, perm in enumerate(epoch_orders(self.n, seed, self.last_epoch)):
+            perm = perm.to(self.device)
             if run is not None and cfg.leave_out == "permutation":
                 perm = perm[perm != run]
             for slot, sl in enumerate(batch_slices(self.n, cfg.batch_size), start=1):
@@ -308,7 +324,7 @@ class _Sequential(_Engine):
             full = self._one_run(s, None)
             loo = torch.stack([self._one_run(s, i) for i in self.left_out], dim=1) if self.left_out \
                 else full.new_empty(full.shape[0], 0, full.shape[1])
-            yield s, {"loss_full": full, "loss_loo": loo}
+            yield s, {"loss_full": full.cpu(), "loss_loo": loo.cpu()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,8 +333,8 @@ class _Sequential(_Engine):
 class _Vectorized(_Engine):
     """All runs of a chunk trained together on stacked parameters (vmap over runs)."""
 
-    def __init__(self, *args):
-        super().__init__(*args)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.params0 = trainable_params(self.model)
         self.frozen = frozen_state(self.model)
         self.mlp = MLPStack.maybe(self.model, self.params0)
@@ -346,12 +362,15 @@ class _Vectorized(_Engine):
         per_run = elem * (5 * n_par + 3 * acts * (self.cfg.batch_size + 1) + acts * min(len(self.q_target), QUERY_CHUNK))
         return max(1, min(self.cfg.max_runs_per_chunk, int(self.cfg.memory_budget_mb * 2**20 // per_run)))
 
+    def seeds_per_chunk(self) -> int:
+        return max(1, self._runs_per_chunk() // (1 + len(self.left_out)))
+
     def run(self, seeds, progress):
         if not seeds:
             return
         R1 = 1 + len(self.left_out)
         max_runs = self._runs_per_chunk()
-        seeds_per_chunk = max(1, max_runs // R1)
+        seeds_per_chunk = self.seeds_per_chunk()
         chunks = [seeds[i:i + seeds_per_chunk] for i in range(0, len(seeds), seeds_per_chunk)]
         bar = tqdm(total=len(seeds), desc="further training (vectorized)", disable=not progress)
         for chunk in chunks:
@@ -362,7 +381,7 @@ class _Vectorized(_Engine):
             losses = torch.cat(parts, dim=1)  # (E, len(pairs), Q)
             for j, s in enumerate(chunk):
                 block = losses[:, j * R1:(j + 1) * R1]
-                yield s, {"loss_full": block[:, 0].clone(), "loss_loo": block[:, 1:].clone()}
+                yield s, {"loss_full": block[:, 0].to("cpu", copy=True), "loss_loo": block[:, 1:].to("cpu", copy=True)}
                 bar.update(1)
         bar.close()
 
@@ -376,41 +395,50 @@ class _Vectorized(_Engine):
         params = {k: v.unsqueeze(0).repeat(R, *([1] * v.ndim)).requires_grad_(self.mlp is None)
                   for k, v in self.params0.items()}
         opt = StackedOptimizer(cfg, params, R)
+        dev = self.device
         seeds = sorted({s for s, _ in pairs})
-        run_seed = torch.tensor([seeds.index(s) for s, _ in pairs])
-        run_id = torch.tensor([r for _, r in pairs])
-        is_loo = run_id > 0
-        lo_idx = torch.tensor([self.left_out[r - 1] if r > 0 else 0 for _, r in pairs], dtype=torch.long)
+        run_seed = torch.tensor([seeds.index(s) for s, _ in pairs], device=dev)
+        is_loo = torch.tensor([r > 0 for _, r in pairs], device=dev)
+        lo_idx = torch.tensor([self.left_out[r - 1] if r > 0 else 0 for _, r in pairs], dtype=torch.long, device=dev)
         dtype = next(iter(self.params0.values())).dtype
-        losses = torch.empty(len(self.points), R, len(self.q_target), dtype=dtype)
+        losses = torch.empty(len(self.points), R, len(self.q_target), dtype=dtype, device=dev)
         if (0, 0) in self.eval_at:
             losses[self.eval_at[(0, 0)]] = self._query_losses(params)
         gens = [epoch_orders(n, s, self.last_epoch) for s in seeds]
-        first_bad = torch.zeros(R, dtype=torch.long)  # global step of a run's first non-finite gradient
+        first_bad = torch.zeros(R, dtype=torch.long, device=dev)  # global step of a run's first non-finite gradient
         pad = self.n_slots * B
         every_batch = cfg.leave_out == "every_batch"
+        shorter = not every_batch and any(r > 0 for _, r in pairs)  # some runs see n - 1 samples
+        length = torch.where(is_loo, n - 1, n) if shorter else torch.full((R,), n, device=dev)
+        k = torch.arange(n, device=dev)
+        pos_in_slot = torch.arange(B, device=dev)
+        eb_w = -is_loo.to(dtype)[:, None] / n
         for epoch in tqdm(range(self.last_epoch), desc="epochs", leave=False, disable=not progress):
-            perms = [next(g) for g in gens]
-            orders = torch.full((R, pad), -1, dtype=torch.long)
-            for si, perm in enumerate(perms):
-                rows = run_orders(perm, self.left_out, cfg.leave_out)
-                sel = run_seed == si
-                orders[sel, :n] = rows[run_id[sel]]
+            perms = torch.stack([next(g) for g in gens]).to(dev)  # (n_seeds, n): one transfer per epoch
+            orders = torch.full((R, pad), -1, dtype=torch.long, device=dev)
+            rows = perms[run_seed]  # (R, n)
+            if shorter:  # run_orders on the device: row k takes perm[k + (k >= position of i)]
+                inv = torch.empty_like(perms).scatter_(1, perms, k.expand_as(perms))
+                pos = inv[run_seed, lo_idx]
+                src = torch.where(is_loo[:, None], k + (k >= pos[:, None]), k).clamp_(max=n - 1)
+                rows = rows.gather(1, src).masked_fill_(is_loo[:, None] & (k == n - 1), -1)
+            orders[:, :n] = rows
             for slot in range(self.n_slots):
-                idx = orders[:, slot * B:(slot + 1) * B]  # (R, B)
-                valid = idx >= 0
+                width = min(B, n - slot * B)  # the last slot is narrower: no padded rows to compute
+                idx = orders[:, slot * B:slot * B + width]  # (R, width)
+                valid = (slot * B + pos_in_slot[:width]) < length[:, None]
                 count = valid.sum(1)
                 active = count > 0
                 w = valid.to(dtype) / count.clamp(min=1).to(dtype)[:, None]
                 if every_batch:
                     idx = torch.cat([idx, lo_idx[:, None]], dim=1)
-                    w = torch.cat([w, -is_loo.to(dtype)[:, None] / n], dim=1)
+                    w = torch.cat([w, eb_w], dim=1)
                 safe = idx.clamp(min=0)
                 grads = self._grads(params, tuple(x[safe] for x in self.inputs), self.target[safe], w)
                 total = sum(g.detach().reshape(R, -1).sum(1) for g in grads.values())
                 step = epoch * self.n_slots + slot + 1
                 first_bad = torch.where((first_bad == 0) & ~torch.isfinite(total), step, first_bad)
-                opt.step(grads, active)
+                opt.step(grads, active, everyone=(n - shorter) > slot * B)
                 if (epoch, slot + 1) in self.eval_at:
                     self.check_finite(first_bad, pairs)
                     losses[self.eval_at[(epoch, slot + 1)]] = self._query_losses(params)

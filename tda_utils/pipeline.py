@@ -112,13 +112,14 @@ def run_methods(
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     gold: FurtherTrainingResult | None = None,
     progress: bool = True,
+    device: str = "auto",
 ) -> dict[str, AttributionScores]:
     """Run each method in ``methods`` (paper order) on the same train x query pairs.
 
     Hessian-based methods get ``damping_multiple`` (unless ``method_options[m]`` gives an absolute
     ``damping``); ``method_options[m]`` overrides per method.
     ``if_time`` is evaluated at the gold standard's times (converted to optimizer steps) with its
-    learning rate.
+    learning rate. ``device``: where every method computes (``attribute``).
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -137,7 +138,13 @@ def run_methods(
             opts.update(times=gold_steps(gold, splits), lr=gold.config.lr)
         opts.update(method_options.get(m, {}))
         out[m] = attribute(
-            m, model, splits, train_indices=train_indices, query_indices=query_indices, **opts
+            m,
+            model,
+            splits,
+            train_indices=train_indices,
+            query_indices=query_indices,
+            device=device,
+            **opts,
         )
     return out
 

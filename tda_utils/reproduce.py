@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the runs of the profile and exit")
     parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print each run's further-training runs, steps and estimated time here, and exit")
     args = parser.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -273,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(r.name for r in runs))
         return 0
+    if args.dry_run:
+        from .costing import dry_run
+        return dry_run(runs)
     skip = bool(manifest["profiles"][args.profile].get("skip_missing_data", False))
     rows = run(runs, args.profile, kernel_name=args.kernel, log_output=args.log_output, skip_missing_data=skip)
     print(format_summary(rows))

@@ -21,13 +21,15 @@ class StackedOptimizer:
 
     def __init__(self, cfg: FurtherTrainingConfig, params: dict[str, torch.Tensor], R: int):
         self.cfg, self.params = cfg, params
-        self.t = torch.zeros(R, dtype=torch.long)
+        self.t = torch.zeros(R, dtype=torch.long, device=next(iter(params.values())).device)
         if cfg.optimizer in ("adam", "adamw"):
             self.m = {k: torch.zeros_like(v) for k, v in params.items()}
             self.v = {k: torch.zeros_like(v) for k, v in params.items()}
 
     @torch.no_grad()
-    def step(self, grads: dict[str, torch.Tensor], active: torch.Tensor) -> None:
+    def step(self, grads: dict[str, torch.Tensor], active: torch.Tensor, everyone: bool | None = None) -> None:
+        """One update of the runs where ``active``; ``everyone`` (all active), when the caller
+        knows it, saves a device-to-host sync."""
         cfg = self.cfg
         shape = lambda x, p: x.view(-1, *([1] * (p.ndim - 1)))  # noqa: E731
         if cfg.grad_clip is not None:
@@ -35,7 +37,7 @@ class StackedOptimizer:
             coef = (cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
             grads = {k: g * shape(coef, g) for k, g in grads.items()}
         self.t += active.long()
-        everyone = bool(active.all())
+        everyone = bool(active.all()) if everyone is None else everyone
         a = active.to(next(iter(self.params.values())).dtype)
         b1, b2 = cfg.betas
         for k, p in self.params.items():
@@ -44,7 +46,10 @@ class StackedOptimizer:
             if cfg.optimizer == "sgd":
                 if cfg.weight_decay:
                     g = g + cfg.weight_decay * p
-                p.sub_(cfg.lr * g if am is None else am * cfg.lr * g)
+                if am is None:
+                    p.add_(g, alpha=-cfg.lr)  # as torch.optim.SGD
+                else:
+                    p.sub_(am * cfg.lr * g)
                 continue
             if cfg.optimizer == "adamw" and cfg.weight_decay:
                 p.mul_(1 - cfg.lr * cfg.weight_decay if am is None else 1 - am * cfg.lr * cfg.weight_decay)
@@ -74,6 +79,15 @@ class MLPStack:
 
     def __init__(self, layers: list[tuple[str, str] | None]):
         self.layers = layers  # per layer: (weight name, bias name) for Linear, None for ReLU
+        self._buffers: dict[tuple, torch.Tensor] = {}  # reused by ``grads`` from step to step
+
+    def _buffer(self, key: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
+        """A preallocated tensor for ``key`` (no allocation, no page faults per step)."""
+        k = (key, tuple(shape), like.dtype, like.device)
+        buf = self._buffers.get(k)
+        if buf is None:
+            buf = self._buffers[k] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
 
     @classmethod
     def maybe(cls, model: nn.Module, params: dict[str, torch.Tensor]) -> "MLPStack | None":
@@ -94,21 +108,27 @@ class MLPStack:
             return None  # only Linear, ReLU, Linear, ..., ReLU, Linear
         return cls(layers)
 
-    def forward(self, params, x: torch.Tensor) -> list[torch.Tensor]:
-        """Inputs of each Linear layer and the output: [x, h1, ..., out]; x (R, B, d_in)."""
+    def forward(self, params, x: torch.Tensor, reuse: bool = False) -> list[torch.Tensor]:
+        """Inputs of each Linear layer and the output: [x, h1, ..., out]; x (R, B, d_in).
+
+        ``reuse``: write into this object's buffers (valid until the next such call)."""
         acts = [x]
-        for lay in self.layers:
+        for i, lay in enumerate(self.layers):
             if lay is None:
                 acts[-1].clamp_(min=0)
             else:
                 w, b = params[lay[0]], params[lay[1]]
-                acts.append(torch.baddbmm(b.unsqueeze(1), acts[-1], w.transpose(1, 2)))
+                h = acts[-1]
+                out = self._buffer(f"act{i}", (*h.shape[:2], w.shape[1]), h) if reuse else None
+                acts.append(torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2), out=out))
         return acts
 
     @torch.no_grad()
     def grads(self, params, x, target, w, task) -> dict[str, torch.Tensor]:
-        """Per-run gradients of sum_b w[r, b] * loss_rb (loss: models.per_sample_loss)."""
-        acts = self.forward(params, x)
+        """Per-run gradients of sum_b w[r, b] * loss_rb (loss: models.per_sample_loss).
+
+        The weight gradients live in buffers reused by the next call (consume them first)."""
+        acts = self.forward(params, x, reuse=True)
         out = acts[-1]
         if task == "regression":
             dz = (2.0 / out.shape[-1]) * (out - target)
@@ -120,8 +140,19 @@ class MLPStack:
         linear = [lay for lay in self.layers if lay is not None]
         for j in range(len(linear) - 1, -1, -1):
             wn, bn = linear[j]
-            grads[wn] = torch.bmm(dz.transpose(1, 2), acts[j])
+            a = acts[j]
+            R, d_out, d_in = params[wn].shape
+            if d_in < d_out:  # MKL is faster making the (in, out) product
+                g = torch.bmm(a.transpose(1, 2), dz, out=self._buffer(f"g{j}", (R, d_in, d_out), a))
+                grads[wn] = g.transpose(1, 2)
+            else:
+                grads[wn] = torch.bmm(dz.transpose(1, 2), a, out=self._buffer(f"g{j}", (R, d_out, d_in), a))
             grads[bn] = dz.sum(1)
             if j > 0:
-                dz = torch.ops.aten.threshold_backward(torch.bmm(dz, params[wn]), acts[j], 0)
+                back = self._buffer(f"back{j}", a.shape, a)
+                if d_out == 1:  # an outer product, not a K=1 matmul
+                    torch.mul(dz, params[wn], out=back)
+                else:
+                    torch.bmm(dz, params[wn], out=back)
+                dz = torch.ops.aten.threshold_backward.grad_input(back, a, 0, grad_input=back)
         return grads

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .cache import Cache, default_results_dir, model_fingerprint
 from .config import TrainConfig, check_choice, stable_hash, to_dict
 from .data import Splits
+from .devices import resolve_device, to_cpu
 from .grads import dataset_tensors
 from .models import per_sample_loss
 
@@ -62,16 +63,26 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
     return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, splits: Splits, split: str = "test") -> dict[str, float]:
-    """Mean loss (and accuracy for classification) on ``split`` ("train" | "test")."""
+def evaluate(model: nn.Module, splits: Splits, split: str = "test", device="auto") -> dict[str, float]:
+    """Mean loss (and accuracy for classification) on ``split`` ("train" | "test").
+
+    Computed on ``device`` (``devices.resolve_device``); the model is left where it was.
+    """
     check_choice("split", split, ("train", "test"))
+    dev = resolve_device(device)
     ds = splits.train if split == "train" else splits.test
     inputs, target = dataset_tensors(ds)
-    was = model.training
-    model.eval()
+    inputs, target = tuple(x.to(dev) for x in inputs), target.to(dev)
+    was, home = model.training, _model_device(model)
+    model.to(dev).eval()
     out = torch.cat([model(*(x[sl] for x in inputs)) for sl in batch_slices(len(target), 1024)])
-    model.train(was)
+    model.to(home).train(was)
     res = {"loss": per_sample_loss(out, target, splits.task).mean().item()}
     if splits.task == "classification":
         res["accuracy"] = (out.argmax(-1) == target).double().mean().item()
@@ -101,16 +112,20 @@ def _state_checker(model: nn.Module):
     return check
 
 
-def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..., progress: bool = True) -> nn.Module:
+def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..., progress: bool = True,
+                device="auto") -> nn.Module:
     """Train ``model`` (in place) on ``splits.train`` with ``cfg``; return it in eval mode.
 
     Mean loss per batch, batch order of ``epoch_orders(n, cfg.seed, ...)``. The trained state is
     cached under ``<cache_dir>/models/<key>`` where key hashes the initial parameters, the data
     and the config (``cache_dir=None`` disables caching). ``model.fimo_history`` holds per-epoch
     training loss (and test accuracy when ``select_best``) and ``model.fimo_train_seconds``.
+    Trained on ``device`` (``devices.resolve_device``: "auto", "cpu", "cuda", "cuda:N"); the
+    model is returned where it was given and the cache holds CPU tensors.
     """
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    dev = resolve_device(device)
     root = default_results_dir() if cache_dir is ... else cache_dir
     key = model_key(model, splits, cfg)
     cache = Cache(root, "models", key, {"train": to_dict(cfg), "model": getattr(model, "fimo_spec", None),
@@ -124,6 +139,9 @@ def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..
 
     start = time.perf_counter()
     inputs, target = dataset_tensors(splits.train)
+    inputs, target = tuple(x.to(dev) for x in inputs), target.to(dev)
+    home = _model_device(model)
+    model.to(dev)
     n = target.shape[0]
     opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr,
                          cfg.weight_decay)
@@ -132,7 +150,8 @@ def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..
     model.train()
     for epoch, perm in enumerate(tqdm(epoch_orders(n, cfg.seed, cfg.epochs), total=cfg.epochs,
                                       desc="train final model", disable=not progress)):
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=dev)
+        perm = perm.to(dev)
         for step, sl in enumerate(batch_slices(n, cfg.batch_size), start=1):
             idx = perm[sl]
             loss = per_sample_loss(model(*(x[idx] for x in inputs)), target[idx], splits.task).mean()
@@ -145,10 +164,10 @@ def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            total += loss.item() * len(idx)
-        history["train_loss"].append(total / n)
+            total += loss.detach().double() * len(idx)
+        history["train_loss"].append(total.item() / n)
         if cfg.select_best:
-            acc = evaluate(model, splits)["accuracy"]
+            acc = evaluate(model, splits, device=dev)["accuracy"]
             history["test_accuracy"].append(acc)
             if acc > best[0]:
                 best = (acc, copy.deepcopy(model.state_dict()), epoch)
@@ -156,10 +175,10 @@ def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..
     if cfg.select_best:
         model.load_state_dict(best[1])
         history["best_epoch"] = best[2]
-    model.eval()
+    model.to(home).eval()
     seconds = time.perf_counter() - start
     model.fimo_history, model.fimo_train_seconds = history, seconds
-    cache.save("final", {"state_dict": model.state_dict(), "history": history, "seconds": seconds})
+    cache.save("final", {"state_dict": to_cpu(model.state_dict()), "history": history, "seconds": seconds})
     return model
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import check_choice, check_indices
 from ..data import Splits
+from ..devices import resolve_device, to_cpu
 
 #: first_order: gradient similarities; influence: (approximate) inverse-Hessian influence;
 #: unified: influence at a further-training time t
@@ -203,6 +204,7 @@ def attribute(
     splits: Splits,
     train_indices: Sequence[int] | None = None,
     query_indices: Sequence[int] | None = None,
+    device: str = "auto",
     **options: Any,
 ) -> AttributionScores:
     """Score test ``query_indices`` x ``train_indices`` with a registered ``method``.
@@ -213,6 +215,8 @@ def attribute(
         splits: its data.
         train_indices: default all training instances.
         query_indices: default all test instances.
+        device: where to compute: "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
+            (``devices.resolve_device``); the model is moved there and back, scores are on the CPU.
         **options: the method's options (``method_options(method)``).
 
     Returns:
@@ -232,8 +236,9 @@ def attribute(
         range(splits.n_test) if query_indices is None else query_indices,
         splits.n_test,
     )
-    was = model.training
-    model.eval()
+    dev = resolve_device(device)
+    was, home = model.training, next(model.parameters()).device
+    model.to(dev).eval()
     start = time.perf_counter()
     try:
         with PeakMemory() as mem:
@@ -241,7 +246,8 @@ def attribute(
                 model, splits, list(train_idx), list(query_idx), opts
             )
     finally:
-        model.train(was)
+        model.to(home).train(was)
+    diag = to_cpu(diag)
     wall = time.perf_counter() - start
     values = values.detach().cpu()
     if values.shape != (len(query_idx), len(train_idx)):
