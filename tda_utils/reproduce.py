@@ -277,7 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(r.name for r in runs))
         return 0
     skip = bool(manifest["profiles"][args.profile].get("skip_missing_data", False))
-    rows = run(runs, args.profile, kernel_name=args.kernel, log_output=args.log_output, skip_missing_data=skip)
+    try:
+        rows = run(runs, args.profile, kernel_name=args.kernel, log_output=args.log_output,
+                   skip_missing_data=skip)
+    except KeyboardInterrupt:  # between runs; inside a run, `run` records it and returns
+        print("interrupted (Ctrl-C) between runs; see the reports folder for the runs that finished",
+              file=sys.stderr)
+        return 130
     print(format_summary(rows))
     if any(r["status"] == "stopped" for r in rows):
         return 130
