@@ -1,7 +1,8 @@
 """Config-keyed, resumable, atomic on-disk cache that is safe to share.
 
 Public: ``Cache``, ``atomic_save``, ``atomic_write_text``, ``default_results_dir``, ``repo_root``,
-``repo_path``, ``model_fingerprint``, ``SCHEMA_VERSION``, ``CacheWarning``, ``UnsafeCacheItemError``.
+``repo_path``, ``model_fingerprint``, ``SCHEMA_VERSION``, ``CacheWarning``,
+``UnsafeCacheItemError``.
 
 Entries live in ``<root>/<kind>/<key>/``. Each entry directory holds ``config.json`` (the full
 configuration the key was made from) and one or more ``*.pt`` items.
@@ -105,7 +106,8 @@ def model_fingerprint(model: nn.Module) -> dict[str, str]:
     module class not defined by torch (custom ``forward`` code).
     """
     sources = []
-    for cls in sorted({type(m) for m in model.modules()}, key=lambda c: (c.__module__, c.__qualname__)):
+    classes = {type(m) for m in model.modules()}
+    for cls in sorted(classes, key=lambda c: (c.__module__, c.__qualname__)):
         if cls.__module__.split(".")[0] == "torch":
             continue
         try:
@@ -128,9 +130,10 @@ def _normalise(obj: Any) -> Any:
             fn = MODELS.get(out["name"])
             if fn is not None:
                 params = list(inspect.signature(fn).parameters.values())[1:]  # after `splits`
-                defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-                out["options"] = json.loads(json.dumps({**defaults, **out["options"]}, sort_keys=True,
-                                                       default=str))
+                defaults = {p.name: p.default for p in params
+                            if p.default is not inspect.Parameter.empty}
+                filled = {**defaults, **out["options"]}
+                out["options"] = json.loads(json.dumps(filled, sort_keys=True, default=str))
         return out
     if isinstance(obj, list):
         return [_normalise(v) for v in obj]
@@ -216,7 +219,8 @@ class Cache:
                     "recompute") from None
             lines = [ln for ln in str(err).splitlines() if ln.strip()]
             at = next((i for i, ln in enumerate(lines) if "WeightsUnpickler error" in ln), None)
-            detail = lines[at + 1] if at is not None and at + 1 < len(lines) else lines[0] if lines else ""
+            detail = (lines[at + 1] if at is not None and at + 1 < len(lines)
+                      else lines[0] if lines else "")
             _move_aside(path, f"not a torch file of plain data: {detail.strip()[:200]}")
             return None
         except Exception as err:  # truncated zip, empty file, garbage: all recomputable

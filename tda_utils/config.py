@@ -51,7 +51,7 @@ def check_int(name: str, value: Any) -> int:
 
 
 def check_positive(name: str, value: Any, integer: bool = False, allow_zero: bool = False) -> Any:
-    """Return ``value`` if it is a finite positive (or non-negative) number; else raise ValueError."""
+    """``value`` if it is a finite positive (or non-negative) number; else raise ValueError."""
     ok_type = _is_int(value) if integer else (
         isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)))
     if not ok_type:
@@ -94,8 +94,8 @@ def check_int_list(name: str, values: Any) -> tuple[int, ...]:
         raise ValueError(f"{name}={values!r} must be a list of integers") from None
     bad = [v for v in items if not _is_int(v)]
     if bad:
-        raise ValueError(f"{name} must hold integers; {bad[:5]!r} are not (fractional values are not "
-                         "truncated)")
+        raise ValueError(f"{name} must hold integers; {bad[:5]!r} are not (fractional values "
+                         "are not truncated)")
     return tuple(int(v) for v in items)
 
 
@@ -248,7 +248,8 @@ def _check_betas_eps(betas: Any, eps: Any) -> None:
     try:
         b = list(betas)
     except TypeError:
-        raise ValueError(f"betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.999)") from None
+        raise ValueError(f"betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.999)") \
+            from None
     if len(b) != 2:
         raise ValueError(f"betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.999)")
     check_fraction("betas[0]", b[0])

@@ -92,8 +92,8 @@ def check_finite(name: str, split: str, dataset: TensorDataset, meta: dict | Non
         is_target = t_i == len(tensors) - 1
         names = (meta or {}).get("target" if is_target else "features")
         names = [names] if isinstance(names, str) else names
-        col_names = [names[c] if names is not None and len(names) == flat.shape[1] else f"column {c}"
-                     for c in cols.tolist()[:5]]
+        named = names is not None and len(names) == flat.shape[1]
+        col_names = [names[c] if named else f"column {c}" for c in cols.tolist()[:5]]
         what = "target" if is_target else f"input tensor {t_i}"
         raise ValueError(
             f"dataset {name!r} has {int(bad.sum())} non-finite values (NaN or inf) in the {split} "
@@ -162,11 +162,11 @@ def use_published_left_out(splits: Splits, name: str, fallback: dict[str, Any],
     why = (f"the training split has {splits.n_train} rows, not the paper's {expected}"
            if splits.n_train != expected else f"n_left_out={n_left_out} exceeds the {len(indices)} "
                                                "published indices")
+    rule = fallback.get("default_left_out_rule") or fallback.get("left_out_rule")
     warnings.warn(f"dataset {splits.name!r}: the paper's left-out set ({name}.txt) does not apply "
-                  f"({why}); using a seeded draw instead: {fallback.get('default_left_out_rule') or fallback.get('left_out_rule')}",
-                  UserWarning, stacklevel=3)
-    splits.meta.update(fallback, paper_left_out=None,
-                       left_out_note=f"the paper's left-out set does not apply ({why}); seeded draw")
+                  f"({why}); using a seeded draw instead: {rule}", UserWarning, stacklevel=3)
+    note = f"the paper's left-out set does not apply ({why}); seeded draw"
+    splits.meta.update(fallback, paper_left_out=None, left_out_note=note)
     return splits
 
 

@@ -373,7 +373,7 @@ def read_cifar_batches(folder: str | os.PathLike, files: Sequence[str]) -> tuple
             xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(entry["labels"], dtype=np.int64))
         except (AttributeError, KeyError, ValueError, TypeError) as err:
-            raise ValueError(f"{path} is not a CIFAR-10 python batch ({type(err).__name__}: {err})") from err
+            raise ValueError(f"{path} is not a CIFAR-10 python batch ({err!r})") from err
         if len(xs[-1]) != len(ys[-1]):  # a batch cut short
             raise ValueError(f"{path}: {len(xs[-1])} images but {len(ys[-1])} labels")
     return np.concatenate(xs), np.concatenate(ys)
@@ -382,7 +382,7 @@ def read_cifar_batches(folder: str | os.PathLike, files: Sequence[str]) -> tuple
 class _PlainUnpickler(pickle.Unpickler):
     """Only plain data and numpy arrays (what CIFAR batches hold); other globals are refused."""
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
-        (m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+        (f"numpy{c}.multiarray", n) for c in (".core", "._core") for n in ("_reconstruct", "scalar")}
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:

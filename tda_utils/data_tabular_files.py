@@ -130,7 +130,8 @@ def read_energy_table(path: str | os.PathLike) -> tuple[pd.DataFrame, int]:
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise ValueError(f"path={str(path)!r}: data row {row + 1} has a missing, non-numeric or "
-                         f"non-finite value in column {df.columns[col]} ({df.iat[row, col]!r}); "
+                         f"non-finite value in column {df.columns[col]} "
+                         f"({str(df.iat[row, col])!r}); "
                          f"{int(bad.any(axis=1).sum())} such rows (a file cut short?)")
     return numeric, 0
 

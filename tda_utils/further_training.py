@@ -42,7 +42,8 @@ from .devices import resolve_device
 from .grads import activation_numel, dataset_tensors, frozen_state, trainable_params
 from .models import per_sample_loss
 from .stacked import MLPStack, StackedOptimizer
-from .training import DivergenceError, batch_slices, divergence_message, epoch_orders, make_optimizer
+from .training import (DivergenceError, batch_slices, divergence_message, epoch_orders,
+                       make_optimizer)
 
 
 QUERY_CHUNK = 128  # queries evaluated at once per run by the vectorized engine
@@ -193,11 +194,13 @@ def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
     params0 = trainable_params(model)
     key_cfg = {**to_dict(cfg), "seeds": None, "memory_budget_mb": None, "max_runs_per_chunk": None}
     fingerprint = model_fingerprint(final)
-    key = stable_hash(key_cfg, splits.name, splits.task, list(queries), fingerprint, *params0.values(),
-                      *frozen_state(model).values(), *data.train.tensors, *data.test.tensors)
+    key = stable_hash(key_cfg, splits.name, splits.task, list(queries), fingerprint,
+                      *params0.values(), *frozen_state(model).values(), *data.train.tensors,
+                      *data.test.tensors)
     root = default_results_dir() if cache_dir is ... else cache_dir
     cache = Cache(root, "further_training", key, {"config": key_cfg, "dataset": splits.name,
-                                                  "query_indices": list(queries), "model_fingerprint": fingerprint,
+                                                  "query_indices": list(queries),
+                                                  "model_fingerprint": fingerprint,
                                                   "model": getattr(final, "fimo_spec", None)})
     start = time.perf_counter()
     results: dict[int, dict] = {}
@@ -231,7 +234,8 @@ def _seed_item_check(n_evals: int, n_left_out: int, n_query: int):
     def check(obj) -> None:
         for name, shape in shapes.items():
             t = obj[name]
-            if not isinstance(t, torch.Tensor) or not t.is_floating_point() or tuple(t.shape) != shape:
+            ok = isinstance(t, torch.Tensor) and t.is_floating_point()
+            if not ok or tuple(t.shape) != shape:
                 raise ValueError(f"{name} is not a float tensor of shape {shape}")
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{name} holds non-finite values")
@@ -261,7 +265,8 @@ class _Engine:
         return 1
 
     def run_name(self, seed: int, train_index: int | None) -> str:
-        what = "the full-data run" if train_index is None else f"the run without training index {train_index}"
+        what = ("the full-data run" if train_index is None
+                else f"the run without training index {train_index}")
         return f"further training {what} (seed {seed}, dataset {self.data.name!r})"
 
     def check_finite(self, first_bad: torch.Tensor, pairs: list[tuple[int, int]]) -> None:
@@ -308,8 +313,8 @@ class _Sequential(_Engine):
                         out_i = model(*(x[[run]] for x in self.inputs))
                         loss = loss - per_sample_loss(out_i, self.target[[run]], self.task).sum() / self.n
                     if not bool(torch.isfinite(loss)):
-                        raise DivergenceError(divergence_message(self.run_name(seed, run), epoch + 1, slot,
-                                                                 cfg.lr))
+                        raise DivergenceError(divergence_message(
+                            self.run_name(seed, run), epoch + 1, slot, cfg.lr))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.grad_clip is not None:
@@ -405,7 +410,7 @@ class _Vectorized(_Engine):
         if (0, 0) in self.eval_at:
             losses[self.eval_at[(0, 0)]] = self._query_losses(params)
         gens = [epoch_orders(n, s, self.last_epoch) for s in seeds]
-        first_bad = torch.zeros(R, dtype=torch.long, device=dev)  # global step of a run's first non-finite gradient
+        first_bad = torch.zeros(R, dtype=torch.long, device=dev)  # a run's first non-finite step
         pad = self.n_slots * B
         every_batch = cfg.leave_out == "every_batch"
         shorter = not every_batch and any(r > 0 for _, r in pairs)  # some runs see n - 1 samples

@@ -72,9 +72,9 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
                              "quote strings and close brackets, e.g. --set seed_ks=[1,2]") from None
     reserved = sorted(set(out) & set(RESERVED))
     if reserved:
-        raise ValueError(f"--set {', '.join(reserved)}: reserved, the runner sets {', '.join(RESERVED)} "
-                         "itself; choose the dataset with --only NOTEBOOK:DATASET and the profile "
-                         "with --profile")
+        raise ValueError(f"--set {', '.join(reserved)}: reserved, the runner sets "
+                         f"{', '.join(RESERVED)} itself; choose the dataset with --only "
+                         "NOTEBOOK:DATASET and the profile with --profile")
     return out
 
 
@@ -84,7 +84,8 @@ def _yaml_problem(err: Exception) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else str(problem)
 
 
-def check_override_keys(runs: list["Run"], overrides: dict[str, Any], root: Path | None = None) -> None:
+def check_override_keys(runs: list["Run"], overrides: dict[str, Any],
+                        root: Path | None = None) -> None:
     """ValueError for an override key that is not a parameter of any notebook of ``runs``
     (read with ``papermill.inspect_notebook``), naming close matches and the valid keys."""
     import difflib
@@ -120,8 +121,10 @@ def load_manifest(path: Path | None = None) -> dict:
         raise ValueError(f"{path} must have a top-level 'profiles' mapping")
     for name, spec in manifest["profiles"].items():
         runs = spec.get("runs") if isinstance(spec, dict) else None
-        if not isinstance(runs, list) or not all(isinstance(r, dict) and "notebook" in r for r in runs):
-            raise ValueError(f"{path}: profile {name!r} needs a 'runs' list of mappings with a 'notebook'")
+        ok = isinstance(runs, list) and all(isinstance(r, dict) and "notebook" in r for r in runs)
+        if not ok:
+            raise ValueError(f"{path}: profile {name!r} needs a 'runs' list of mappings with a "
+                             "'notebook'")
     return manifest
 
 
@@ -197,8 +200,8 @@ def run(runs: list[Run], profile: str, root: Path | None = None, reports_dir: Pa
             params["dataset"] = r.dataset
         start = time.perf_counter()
         try:
-            status, detail, report = _execute(pm, root / "notebooks" / f"{r.notebook}.ipynb", out, params,
-                                              kernel_name, root, log_output)
+            status, detail, report = _execute(pm, root / "notebooks" / f"{r.notebook}.ipynb", out,
+                                              params, kernel_name, root, log_output)
         except KeyboardInterrupt:
             not_started = len(runs) - len(rows) - 1
             rows.append({"run": r.name, "status": "stopped", "wall_s": time.perf_counter() - start,
@@ -279,7 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         from .costing import dry_run
         return dry_run(runs)
     skip = bool(manifest["profiles"][args.profile].get("skip_missing_data", False))
-    rows = run(runs, args.profile, kernel_name=args.kernel, log_output=args.log_output, skip_missing_data=skip)
+    try:
+        rows = run(runs, args.profile, kernel_name=args.kernel, log_output=args.log_output,
+                   skip_missing_data=skip)
+    except KeyboardInterrupt:  # between runs; inside a run, `run` records it and returns
+        print("interrupted (Ctrl-C) between runs; see the reports folder for the runs that finished",
+              file=sys.stderr)
+        return 130
     print(format_summary(rows))
     if any(r["status"] == "stopped" for r in rows):
         return 130

@@ -35,9 +35,9 @@ class DivergenceError(FloatingPointError):
 
 def divergence_message(run: str, epoch: int, step: int, lr: float) -> str:
     """The error text of a diverged run: which run, where, and what to try."""
-    return (f"{run} diverged: non-finite loss or gradient (NaN or inf) at epoch {epoch}, step {step} "
-            f"(1-based, within the epoch); try a smaller learning rate than lr={lr:g} (e.g. "
-            f"lr={lr / 10:g}) or grad_clip, and check the data for extreme values")
+    return (f"{run} diverged: non-finite loss or gradient (NaN or inf) at epoch {epoch}, "
+            f"step {step} (1-based, within the epoch); try a smaller learning rate than "
+            f"lr={lr:g} (e.g. lr={lr / 10:g}) or grad_clip, and check the data for extreme values")
 
 
 def epoch_orders(n: int, seed: int, epochs: int) -> Iterator[torch.Tensor]:
@@ -93,8 +93,8 @@ def model_key(model: nn.Module, splits: Splits, *extra) -> str:
     """A hash of the model's class, structure and code (``cache.model_fingerprint``), its
     parameters and buffers, the data and ``extra``."""
     state = [t for _, t in sorted(model.state_dict().items())]
-    return stable_hash(model_fingerprint(model), *state, *splits.train.tensors, *splits.test.tensors,
-                       *extra)
+    return stable_hash(model_fingerprint(model), *state, *splits.train.tensors,
+                       *splits.test.tensors, *extra)
 
 
 def _state_checker(model: nn.Module):
@@ -106,7 +106,8 @@ def _state_checker(model: nn.Module):
         got = {k: tuple(v.shape) for k, v in obj["state_dict"].items()}
         if got != shapes:
             raise ValueError("the stored state_dict does not match the model's parameters")
-        if not all(torch.isfinite(v).all() for v in obj["state_dict"].values() if v.is_floating_point()):
+        floats = [v for v in obj["state_dict"].values() if v.is_floating_point()]
+        if not all(torch.isfinite(v).all() for v in floats):
             raise ValueError("the stored state_dict holds non-finite values")
         dict(obj["history"]), float(obj["seconds"])
     return check
@@ -129,7 +130,8 @@ def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..
     root = default_results_dir() if cache_dir is ... else cache_dir
     key = model_key(model, splits, cfg)
     cache = Cache(root, "models", key, {"train": to_dict(cfg), "model": getattr(model, "fimo_spec", None),
-                                        "model_fingerprint": model_fingerprint(model), "dataset": splits.name})
+                                        "model_fingerprint": model_fingerprint(model),
+                                        "dataset": splits.name})
     hit = cache.load("final", check=_state_checker(model))
     if hit is not None:
         model.load_state_dict(hit["state_dict"])

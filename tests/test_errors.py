@@ -28,6 +28,9 @@ from .conftest import make_splits, tiny_model
     (lambda: tu.FurtherTrainingConfig(seeds=[1, 1]), r"seeds has duplicates"),
     (lambda: tu.FurtherTrainingConfig(left_out=[3, 3]), r"left_out has duplicated indices"),
     (lambda: tu.FurtherTrainingConfig(eval_steps=[5, 2]), r"eval_steps=.* strictly increasing"),
+    (lambda: tu.FurtherTrainingConfig(lr=float("nan")), r"lr=nan must be a finite number"),
+    (lambda: tu.FurtherTrainingConfig(seeds=5), r"seeds=5 must be a list of integers"),
+    (lambda: tu.FurtherTrainingConfig(left_out=[1.9]), r"left_out must hold integers; \[1.9\]"),
 ])
 def test_config_and_registry_errors(call, match):
     with pytest.raises(ValueError, match=match):
@@ -65,3 +68,4 @@ def test_runner_rejects_unknown_profile_notebook_dataset():
     with pytest.raises(ValueError, match=r"dataset 'iris' is not run by 01_tabular_regression .*allowed values: concrete, diabetes"):
         reproduce.plan(manifest, "cpu", ["01_tabular_regression:iris"])
     assert reproduce.main(["--profile", "fast"]) == 2
+    assert reproduce.main(["--set", "n_seed=3", "--list"]) == 2
