@@ -8,15 +8,17 @@ writes each one to the per-seed cache as it arrives, so a run that stops part-wa
 any executor, and the merged result does not depend on the executor (each seed's runs are the
 same arithmetic wherever they run).
 
-``RayExecutor`` sends chunks of seeds (by default the engine's own chunk: the seeds that fit its
-memory budget together) to Ray tasks: on the cluster at ``$RAY_ADDRESS`` (or ``address=``) when
-set, else on a Ray started here for the run (``num_cpus`` from the machine) and shut down after.
-A task asks for one GPU when the device is CUDA (``device="auto"`` means CUDA when the cluster
+``RayExecutor`` sends chunks of seeds (by default the engine's own CPU chunk, the seeds that fit
+its memory budget together; on GPUs, about two tasks per GPU) to Ray tasks: on the cluster at
+``$RAY_ADDRESS`` (or ``address=``) when set (this ``tda_utils`` is shipped to its workers), else
+on a Ray started here for the run (``num_cpus`` from the machine, every GPU it sees) and shut
+down after. A task asks for one GPU when the device is CUDA (``device="auto"`` means CUDA when the cluster
 has GPUs). A task that fails is retried ``max_retries`` times; seeds still failing are reported
 in one error naming them, after every other seed has been yielded (and so cached).
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -76,8 +78,9 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         address = self.address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=False)
+        if address:  # ship this tda_utils to the cluster's workers (they need its dependencies)
+            ray.init(address=address, log_to_driver=False,
+                     runtime_env={"py_modules": [str(Path(__file__).resolve().parent)]})
             return True
         pkg_root = str(Path(__file__).resolve().parent.parent)  # workers import this tda_utils
         path = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH")) if p)
@@ -109,7 +112,12 @@ class RayExecutor:
         started = self._connect()
         try:
             dev = self.task_device(device)
-            per_task = self.seeds_per_task or engine_cls(*args, device="cpu").seeds_per_chunk()
+            if self.seeds_per_task:
+                per_task = self.seeds_per_task
+            elif dev == "cuda":  # about two tasks per GPU; each chunks its runs to its GPU's memory
+                per_task = math.ceil(len(seeds) / (2 * max(1, int(ray.cluster_resources().get("GPU", 1)))))
+            else:
+                per_task = engine_cls(*args, device="cpu").seeds_per_chunk()
             chunks = [seeds[i:i + per_task] for i in range(0, len(seeds), per_task)]
             task = ray.remote(_run_chunk).options(num_cpus=self.cpus_per_task, num_gpus=1 if dev == "cuda" else 0,
                                                   max_retries=self.max_retries, retry_exceptions=True)

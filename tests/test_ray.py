@@ -101,7 +101,8 @@ def test_ray_address_is_used_and_only_a_ray_started_here_is_shut_down(monkeypatc
     monkeypatch.setitem(sys.modules, "ray", fake)
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert executors.RayExecutor()._connect() is True
-    assert fake.calls[0] == ("init", {"address": "10.0.0.1:6379", "log_to_driver": False})
+    init = fake.calls[0][1]
+    assert init["address"] == "10.0.0.1:6379" and init["runtime_env"]["py_modules"][0].endswith("tda_utils")
     assert executors.RayExecutor()._connect() is False  # already connected: not ours to shut down
     fake.up = False
     monkeypatch.delenv("RAY_ADDRESS")
