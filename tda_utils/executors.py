@@ -11,13 +11,15 @@ same arithmetic wherever they run).
 ``RayExecutor`` sends chunks of seeds (by default the engine's own CPU chunk, the seeds that fit
 its memory budget together; on GPUs, about two tasks per GPU) to Ray tasks: on the cluster at
 ``$RAY_ADDRESS`` (or ``address=``) when set (this ``tda_utils`` is shipped to its workers), else
-on a Ray started here for the run (``num_cpus`` from the machine, every GPU it sees) and shut
-down after. A task asks for one GPU when the device is CUDA (``device="auto"`` means CUDA when the cluster
+on a Ray started here (``num_cpus`` from the machine, every GPU it sees), kept for the later
+calls of this process (a notebook trains several gold standards) and shut down when it exits.
+A task asks for one GPU when the device is CUDA (``device="auto"`` means CUDA when the cluster
 has GPUs). A task that fails is retried ``max_retries`` times; seeds still failing are reported
 in one error naming them, after every other seed has been yielded (and so cached).
 """
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import re
@@ -70,7 +72,7 @@ class RayExecutor:
         self.max_retries = max_retries
 
     def _connect(self) -> bool:
-        """Connect to (or start) Ray; True when this call started it (and must shut it down)."""
+        """Connect to (or start) Ray; True when this call started it (then shut down at exit)."""
         try:
             import ray
         except ImportError as exc:  # pragma: no cover - ray is a pinned dependency
@@ -81,11 +83,13 @@ class RayExecutor:
         if address:  # ship this tda_utils to the cluster's workers (they need its dependencies)
             ray.init(address=address, log_to_driver=False,
                      runtime_env={"py_modules": [str(Path(__file__).resolve().parent)]})
+            atexit.register(ray.shutdown)
             return True
         pkg_root = str(Path(__file__).resolve().parent.parent)  # workers import this tda_utils
         path = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH")) if p)
         ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": path}})
+        atexit.register(ray.shutdown)
         return True
 
     @staticmethod
@@ -109,44 +113,40 @@ class RayExecutor:
             return
         import ray
 
-        started = self._connect()
-        try:
-            dev = self.task_device(device)
-            if self.seeds_per_task:
-                per_task = self.seeds_per_task
-            elif dev == "cuda":  # about two tasks per GPU; each chunks its runs to its GPU's memory
-                per_task = math.ceil(len(seeds) / (2 * max(1, int(ray.cluster_resources().get("GPU", 1)))))
-            else:
-                per_task = engine_cls(*args, device="cpu").seeds_per_chunk()
-            chunks = [seeds[i:i + per_task] for i in range(0, len(seeds), per_task)]
-            task = ray.remote(_run_chunk).options(num_cpus=self.cpus_per_task, num_gpus=1 if dev == "cuda" else 0,
-                                                  max_retries=self.max_retries, retry_exceptions=True)
-            args_ref = ray.put(args)
-            pending = {task.remote(engine_cls, args_ref, dev, chunk): chunk for chunk in chunks}
-            failed: list[tuple[list[int], BaseException]] = []
-            bar = tqdm(total=len(seeds), desc=f"further training (ray, {dev})", disable=not progress)
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    chunk = pending.pop(ref)
-                    try:
-                        out = ray.get(ref)
-                    except Exception as exc:  # ray.exceptions.RayTaskError and worker deaths
-                        failed.append((chunk, exc))
-                        continue
-                    for s, res in out:
-                        yield s, res
-                    bar.update(len(chunk))
-            bar.close()
-            if failed:
-                bad = sorted(s for chunk, _ in failed for s in chunk)
-                cause = str(failed[0][1]).strip().splitlines()
-                raise RuntimeError(f"Ray tasks for seeds {bad} failed after {self.max_retries} retries "
-                                   f"(first error: {cause[-1] if cause else type(failed[0][1]).__name__}); "
-                                   "every other seed is cached: run again to resume")
-        finally:
-            if started:
-                ray.shutdown()
+        self._connect()
+        dev = self.task_device(device)
+        if self.seeds_per_task:
+            per_task = self.seeds_per_task
+        elif dev == "cuda":  # about two tasks per GPU; each chunks its runs to its GPU's memory
+            per_task = math.ceil(len(seeds) / (2 * max(1, int(ray.cluster_resources().get("GPU", 1)))))
+        else:
+            per_task = engine_cls(*args, device="cpu").seeds_per_chunk()
+        chunks = [seeds[i:i + per_task] for i in range(0, len(seeds), per_task)]
+        task = ray.remote(_run_chunk).options(num_cpus=self.cpus_per_task, num_gpus=1 if dev == "cuda" else 0,
+                                              max_retries=self.max_retries, retry_exceptions=True)
+        args_ref = ray.put(args)
+        pending = {task.remote(engine_cls, args_ref, dev, chunk): chunk for chunk in chunks}
+        failed: list[tuple[list[int], BaseException]] = []
+        bar = tqdm(total=len(seeds), desc=f"further training (ray, {dev})", disable=not progress)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                chunk = pending.pop(ref)
+                try:
+                    out = ray.get(ref)
+                except Exception as exc:  # ray.exceptions.RayTaskError and worker deaths
+                    failed.append((chunk, exc))
+                    continue
+                for s, res in out:
+                    yield s, res
+                bar.update(len(chunk))
+        bar.close()
+        if failed:
+            bad = sorted(s for chunk, _ in failed for s in chunk)
+            cause = str(failed[0][1]).strip().splitlines()
+            raise RuntimeError(f"Ray tasks for seeds {bad} failed after {self.max_retries} retries "
+                               f"(first error: {cause[-1] if cause else type(failed[0][1]).__name__}); "
+                               "every other seed is cached: run again to resume")
 
 
 def get_executor(executor) -> LocalExecutor | RayExecutor:

@@ -98,12 +98,16 @@ class _FakeRay(types.ModuleType):
 
 def test_ray_address_is_used_and_only_a_ray_started_here_is_shut_down(monkeypatch):
     fake = _FakeRay()
+    at_exit = []
     monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(executors.atexit, "register", at_exit.append)
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert executors.RayExecutor()._connect() is True
+    assert at_exit == [fake.shutdown]  # kept for this process's later calls, shut down at exit
     init = fake.calls[0][1]
     assert init["address"] == "10.0.0.1:6379" and init["runtime_env"]["py_modules"][0].endswith("tda_utils")
     assert executors.RayExecutor()._connect() is False  # already connected: not ours to shut down
+    assert len(at_exit) == 1
     fake.up = False
     monkeypatch.delenv("RAY_ADDRESS")
     executors.RayExecutor(num_cpus=3)._connect()
