@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env
 
 lint: $(STAMP)
-	$(PY) -m pip install --quiet ruff && $(PY) -m ruff check tda_utils tests benchmarks
+	$(PY) -m pip install --quiet ruff==0.17.6 && $(PY) -m ruff check tda_utils tests benchmarks
 
 clean:
 	rm -rf reports figures results

@@ -1,9 +1,30 @@
 """fimo-tda: final-model-only training data attribution, the thin module behind the notebooks.
 
-Public API (design.md §5): ``load_dataset``, ``build_model``, ``train_model``, ``TrainConfig``,
-``FurtherTrainingConfig``, ``further_train``, ``attribute``, ``agreement``, plus plotting helpers.
+Public API: ``load_dataset``, ``build_model``, ``train_model``, ``evaluate``, ``TrainConfig``,
+``FurtherTrainingConfig``, ``further_train``, ``attribute``, ``agreement``; the notebooks' glue
+is ``tu.pipeline`` (load, select, run methods, tables, results record) and ``tu.paper`` (the
+paper's figures, summary and README section). See ARCHITECTURE.md.
 """
-from . import cache, data_image, data_tabular, data_text, experiment, grads, hessian, metrics, models_image, models_text, plotting, training  # noqa: F401  (tu.<module>)
+
+from . import (  # noqa: F401  (tu.<module>)
+    cache,
+    data_image,
+    data_tabular,
+    data_text,
+    grads,
+    hessian,
+    methods,
+    metrics,
+    models_image,
+    models_text,
+    paper,
+    pipeline,
+    plotting,
+    records,
+    solvers,
+    training,
+)
+from . import pipeline as experiment  # noqa: F401  (old name, kept until notebook 00 says tu.pipeline)
 from .config import FurtherTrainingConfig, TrainConfig
 from .data import DATASETS, Splits, load_dataset
 from .further_training import FurtherTrainingResult, further_train
@@ -13,8 +34,21 @@ from .models import MODELS, build_model
 from .training import evaluate, train_model
 
 __all__ = [
-    "AttributionScores", "Curve", "DATASETS", "FurtherTrainingConfig", "FurtherTrainingResult", "METHODS",
-    "MODELS", "Splits", "TrainConfig", "agreement", "attribute", "build_model", "evaluate", "further_train",
-    "load_dataset", "train_model",
+    "AttributionScores",
+    "Curve",
+    "DATASETS",
+    "FurtherTrainingConfig",
+    "FurtherTrainingResult",
+    "METHODS",
+    "MODELS",
+    "Splits",
+    "TrainConfig",
+    "agreement",
+    "attribute",
+    "build_model",
+    "evaluate",
+    "further_train",
+    "load_dataset",
+    "train_model",
 ]
 __version__ = "0.1.0"

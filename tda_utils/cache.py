@@ -214,7 +214,10 @@ class Cache:
                     "numbers, strings, lists, dicts) and was not loaded; this suite never writes "
                     "such files: if you did not put it there, inspect it, then delete it to "
                     "recompute") from None
-            _move_aside(path, f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}")
+            lines = [ln for ln in str(err).splitlines() if ln.strip()]
+            at = next((i for i, ln in enumerate(lines) if "WeightsUnpickler error" in ln), None)
+            detail = lines[at + 1] if at is not None and at + 1 < len(lines) else lines[0] if lines else ""
+            _move_aside(path, f"not a torch file of plain data: {detail.strip()[:200]}")
             return None
         except Exception as err:  # truncated zip, empty file, garbage: all recomputable
             _move_aside(path, f"{type(err).__name__}: {str(err).strip()[:200]}")

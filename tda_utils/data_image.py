@@ -381,8 +381,8 @@ def read_cifar_batches(folder: str | os.PathLike, files: Sequence[str]) -> tuple
 
 class _PlainUnpickler(pickle.Unpickler):
     """Only plain data and numpy arrays (what CIFAR batches hold); other globals are refused."""
-    ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
-               for n in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+        (m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:

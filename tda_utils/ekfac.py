@@ -1,4 +1,6 @@
-"""EK-FAC: eigenvalue-corrected Kronecker-factored Gauss-Newton (George et al. 2018; Grosse et al. 2023).
+"""EK-FAC: eigenvalue-corrected Kronecker-factored Gauss-Newton.
+
+After George et al. (2018) and Grosse et al. (2023).
 
 Public: ``EkfacLayer``, ``kfac_layers``, ``unhooked_layers``, ``fit_ekfac``, ``rotated_loss_grads``,
 ``layer_matrices``, ``rotate``, ``ekfac_inverse_scores``.
@@ -27,6 +29,7 @@ The GNH is approximated by the block-diagonal (over layers) matrix
 (Q_S x Q_A) diag(Lambda) (Q_S x Q_A)^T. Exact when the layer's GNH block is diagonal in that
 basis: e.g. a model that is a single ``nn.Linear`` under MSE (the block is (2/k) I x A).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,7 +45,8 @@ from .models import per_sample_loss
 @dataclasses.dataclass
 class EkfacLayer:
     """One Kronecker-factored layer. ``QA`` (in', in'), ``QS`` (out, out), ``evals`` (out, in')
-    the corrected eigenvalues; ``eA``, ``eS`` the K-FAC factor eigenvalues (diagnostics)."""
+    the corrected eigenvalues; ``eA``, ``eS`` the K-FAC factor eigenvalues (diagnostics).
+    """
 
     module_name: str
     kind: str
@@ -91,8 +95,11 @@ def kfac_layers(model: nn.Module) -> tuple[list[EkfacLayer], list[str], dict[str
             out_dim = m.out_channels
             in_dim = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
             kind = "conv2d"
-        layers.append(EkfacLayer(name, kind, wname, bname if has_bias else None, out_dim,
-                                 in_dim + int(has_bias)))
+        layers.append(
+            EkfacLayer(
+                name, kind, wname, bname if has_bias else None, out_dim, in_dim + int(has_bias)
+            )
+        )
         covered.add(wname)
         if has_bias:
             covered.add(bname)
@@ -104,7 +111,9 @@ def _positions_in(module: nn.Module, x: torch.Tensor, with_bias: bool) -> torch.
     """Layer inputs per sample and position, (B, T, in')."""
     if isinstance(module, nn.Conv2d):
         pad = 0 if module.padding == "valid" else module.padding
-        a = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=pad, stride=module.stride)
+        a = F.unfold(
+            x, module.kernel_size, dilation=module.dilation, padding=pad, stride=module.stride
+        )
         a = a.transpose(1, 2)  # (B, L, C kh kw), channel-major like weight.reshape(out, -1)
     else:
         a = x.reshape(x.shape[0], -1, x.shape[-1])
@@ -120,8 +129,13 @@ def _positions_out(module: nn.Module, s: torch.Tensor) -> torch.Tensor:
     return s.reshape(s.shape[0], -1, s.shape[-1])
 
 
-def _capture(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[torch.Tensor, ...], task: str,
-             target: torch.Tensor | None = None):
+def _capture(
+    model: nn.Module,
+    layers: list[EkfacLayer],
+    inputs: tuple[torch.Tensor, ...],
+    task: str,
+    target: torch.Tensor | None = None,
+):
     """Forward the chunk; return [(layer index, a (B,T,in'), [s_c (B,T,out) for c])].
 
     ``target=None``: the output cotangents are the k columns of the output-Hessian square root
@@ -131,9 +145,13 @@ def _capture(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[torch.Ten
     store: dict[int, list] = {i: [] for i in range(len(layers))}
     handles = []
     for i, layer in enumerate(layers):
+
         def hook(_m, inp, out, i=i):
             store[i].append((inp[0].detach(), out))
-            return out.clone()  # later in-place ops (ReLU(inplace=True)) must not alter the stored output
+            return (
+                out.clone()
+            )  # later in-place ops (ReLU(inplace=True)) must not alter the stored output
+
         handles.append(modules[layer.module_name].register_forward_hook(hook))
     try:
         with torch.enable_grad(), math_sdpa():
@@ -151,7 +169,9 @@ def _capture(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[torch.Ten
         L = output_hessian_sqrt(out.detach(), task)  # (B, k, k)
         for c in range(L.shape[-1]):
             with math_sdpa():
-                gs = torch.autograd.grad(out, outs, grad_outputs=L[:, :, c], retain_graph=True, allow_unused=True)
+                gs = torch.autograd.grad(
+                    out, outs, grad_outputs=L[:, :, c], retain_graph=True, allow_unused=True
+                )
             s_by_c.append(gs)
     result = []
     k = 0
@@ -170,8 +190,14 @@ def _capture(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[torch.Ten
     return result
 
 
-def unhooked_layers(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[torch.Tensor, ...],
-                    target: torch.Tensor, task: str, rtol: float = 1e-3) -> list[str]:
+def unhooked_layers(
+    model: nn.Module,
+    layers: list[EkfacLayer],
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    task: str,
+    rtol: float = 1e-3,
+) -> list[str]:
     """Layers whose weight gradient is not what their forward hooks see, on a small batch.
 
     EK-FAC reads each layer's inputs and output gradients from hooks on the module; a weight also
@@ -180,23 +206,35 @@ def unhooked_layers(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[to
     the summed loss; returns the module names that differ (relative error above ``rtol``).
     """
     params = dict(model.named_parameters())
-    hooked = {i: torch.einsum("bto,bti->oi", s, a) for i, a, (s,) in _capture(model, layers, inputs, task, target)}
+    hooked = {
+        i: torch.einsum("bto,bti->oi", s, a)
+        for i, a, (s,) in _capture(model, layers, inputs, task, target)
+    }
     with torch.enable_grad(), math_sdpa():
         loss = per_sample_loss(model(*inputs), target, task).sum()
         auto = torch.autograd.grad(loss, [params[ly.weight] for ly in layers], allow_unused=True)
     bad = []
     for i, (ly, g) in enumerate(zip(layers, auto)):
-        g = torch.zeros(ly.out_dim, ly.in_dim - (ly.bias is not None), device=target.device) if g is None \
+        g = (
+            torch.zeros(ly.out_dim, ly.in_dim - (ly.bias is not None), device=target.device)
+            if g is None
             else g.reshape(ly.out_dim, -1)
-        h = hooked[i][:, :g.shape[1]] if i in hooked else torch.zeros_like(g)
+        )
+        h = hooked[i][:, : g.shape[1]] if i in hooked else torch.zeros_like(g)
         if float((h - g).norm()) > rtol * float(g.norm()) + 1e-12:
             bad.append(ly.module_name)
     return bad
 
 
-def fit_ekfac(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, task: str,
-              chunk: int = 64, layers: list[EkfacLayer] | None = None,
-              check_hooks: bool = True) -> list[EkfacLayer]:
+def fit_ekfac(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    task: str,
+    chunk: int = 64,
+    layers: list[EkfacLayer] | None = None,
+    check_hooks: bool = True,
+) -> list[EkfacLayer]:
     """Fit EK-FAC on the dataset (inputs, target): factors, eigenbases, corrected eigenvalues.
 
     Two passes over the data in chunks of ``chunk`` samples (factors; eigenvalue correction). The
@@ -207,19 +245,25 @@ def fit_ekfac(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.
     if layers is None:
         layers = kfac_layers(model)[0]
     n = target.shape[0]
-    bad = unhooked_layers(model, layers, tuple(x[:4] for x in inputs), target[:4], task) if check_hooks else []
+    bad = (
+        unhooked_layers(model, layers, tuple(x[:4] for x in inputs), target[:4], task)
+        if check_hooks
+        else []
+    )
     if bad:
-        raise ValueError(f"ekfac: the weights of layers {bad} are also used outside their module's forward (e.g. "
-                         "through torch.nn.functional), so hooks cannot see their gradients and the Kronecker "
-                         "factors would be wrong; run the model so that every use goes through the module (for "
-                         "bert_classifier: last_block='cls_kv' or 'full')")
+        raise ValueError(
+            f"ekfac: the weights of layers {bad} are also used outside their module's forward "
+            "(e.g. through torch.nn.functional), so hooks cannot see their gradients and the "
+            "Kronecker factors would be wrong; run the model so that every use goes through the "
+            "module (for bert_classifier: last_block='cls_kv' or 'full')"
+        )
     dev = next(model.parameters()).device
     f64 = torch.float64
     A = [torch.zeros(ly.in_dim, ly.in_dim, dtype=f64, device=dev) for ly in layers]
     S = [torch.zeros(ly.out_dim, ly.out_dim, dtype=f64, device=dev) for ly in layers]
     cnt = [0] * len(layers)
     for s in range(0, n, chunk):
-        xs = tuple(x[s:s + chunk] for x in inputs)
+        xs = tuple(x[s : s + chunk] for x in inputs)
         for i, a, s_list in _capture(model, layers, xs, task):
             a = a.to(f64)
             A[i] += torch.einsum("bti,btj->ij", a, a)
@@ -233,7 +277,7 @@ def fit_ekfac(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.
         ly.eS, ly.QS = torch.linalg.eigh(S[i] / c)
         ly.evals = torch.zeros(ly.out_dim, ly.in_dim, dtype=f64, device=dev)
     for s in range(0, n, chunk):
-        xs = tuple(x[s:s + chunk] for x in inputs)
+        xs = tuple(x[s : s + chunk] for x in inputs)
         for i, a, s_list in _capture(model, layers, xs, task):
             ly = layers[i]
             at = a.to(f64) @ ly.QA
@@ -246,9 +290,16 @@ def fit_ekfac(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.
     return layers
 
 
-def rotated_loss_grads(model: nn.Module, layers: list[EkfacLayer], inputs: tuple[torch.Tensor, ...],
-                       target: torch.Tensor, task: str) -> list[torch.Tensor]:
-    """Per-sample loss gradients of each layer in its Kronecker eigenbasis, [(B, out, in')] (float64).
+def rotated_loss_grads(
+    model: nn.Module,
+    layers: list[EkfacLayer],
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    task: str,
+) -> list[torch.Tensor]:
+    """Per-sample loss gradients of each layer in its Kronecker eigenbasis, [(B, out, in')].
+
+    float64.
 
     Q_S^T G_j Q_A = sum_t (Q_S^T s_{j,t}) (Q_A^T a_{j,t})^T from the captured factors: for a
     Linear layer (one position) this costs O(out^2 + in^2 + out in) per sample instead of the
@@ -257,15 +308,24 @@ def rotated_loss_grads(model: nn.Module, layers: list[EkfacLayer], inputs: tuple
     rot: list[torch.Tensor | None] = [None] * len(layers)
     for i, a, (s,) in _capture(model, layers, inputs, task, target):
         ly = layers[i]
-        rot[i] = torch.einsum("bto,bti->boi", s.to(torch.float64) @ ly.QS, a.to(torch.float64) @ ly.QA)
+        rot[i] = torch.einsum(
+            "bto,bti->boi", s.to(torch.float64) @ ly.QS, a.to(torch.float64) @ ly.QA
+        )
     B = target.shape[0]
-    return [r if r is not None
-            else torch.zeros(B, ly.out_dim, ly.in_dim, dtype=torch.float64, device=ly.QS.device)
-            for r, ly in zip(rot, layers)]
+    return [
+        r
+        if r is not None
+        else torch.zeros(B, ly.out_dim, ly.in_dim, dtype=torch.float64, device=ly.QS.device)
+        for r, ly in zip(rot, layers)
+    ]
 
 
-def layer_matrices(flat: torch.Tensor, layer: EkfacLayer, offsets: dict[str, tuple[int, int]],
-                   shapes: dict[str, torch.Size]) -> torch.Tensor:
+def layer_matrices(
+    flat: torch.Tensor,
+    layer: EkfacLayer,
+    offsets: dict[str, tuple[int, int]],
+    shapes: dict[str, torch.Size],
+) -> torch.Tensor:
     """The layer's block of flattened gradients (m, d) as matrices (m, out, in') (bias last)."""
     a, b = offsets[layer.weight]
     W = flat[:, a:b].reshape(flat.shape[0], layer.out_dim, -1)
@@ -280,10 +340,12 @@ def rotate(G: torch.Tensor, layer: EkfacLayer) -> torch.Tensor:
     return layer.QS.T @ G.to(torch.float64) @ layer.QA
 
 
-def ekfac_inverse_scores(q_rot: list[torch.Tensor], t_rot: list[torch.Tensor], layers: list[EkfacLayer],
-                         damping: float) -> torch.Tensor:
+def ekfac_inverse_scores(
+    q_rot: list[torch.Tensor], t_rot: list[torch.Tensor], layers: list[EkfacLayer], damping: float
+) -> torch.Tensor:
     """sum_l <q~_l / (Lambda_l + damping), t~_l> for rotated query (Q, out, in') and train (T, ...)
-    matrices: g_q^T (EK-FAC + damping I)^{-1} g_t, (Q, T), float64."""
+    matrices: g_q^T (EK-FAC + damping I)^{-1} g_t, (Q, T), float64.
+    """
     total = None
     for qr, tr, ly in zip(q_rot, t_rot, layers):
         s = (qr / (ly.evals + damping)).reshape(qr.shape[0], -1) @ tr.reshape(tr.shape[0], -1).T

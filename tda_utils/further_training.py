@@ -112,9 +112,6 @@ class FurtherTrainingResult:
             return torch.full_like(d[:, 0], float("nan"))
         return d.std(dim=1) / math.sqrt(d.shape[1])
 
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
 
 # ----------------------------------------------------------------------------------------------
 # Orders and schedule

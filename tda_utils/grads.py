@@ -9,6 +9,7 @@ Shapes: per-sample gradients are returned flattened, (n, d) with d = the number 
 parameters, in the order of ``model.named_parameters()``. Gradients are of the per-sample loss
 (``models.per_sample_loss``), so the gradient of the mean training loss is their mean.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -60,7 +61,7 @@ def unflatten(flat: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, to
     out, i = {}, 0
     lead = flat.shape[:-1]
     for name, t in like.items():
-        out[name] = flat[..., i:i + t.numel()].reshape(*lead, *t.shape)
+        out[name] = flat[..., i : i + t.numel()].reshape(*lead, *t.shape)
         i += t.numel()
     if i != flat.shape[-1]:
         raise ValueError(f"flat vector has {flat.shape[-1]} entries, parameters have {i}")
@@ -76,7 +77,9 @@ def dataset_tensors(dataset, indices: Sequence[int] | torch.Tensor | None = None
     return tuple(tensors[:-1]), tensors[-1]
 
 
-def chunk_size_for(d: int, memory_budget_mb: float, bytes_per_entry: int = 4, factor: int = 4) -> int:
+def chunk_size_for(
+    d: int, memory_budget_mb: float, bytes_per_entry: int = 4, factor: int = 4
+) -> int:
     """How many per-sample gradients of size ``d`` fit in ``memory_budget_mb`` (at least 1)."""
     return max(1, int(memory_budget_mb * 2**20 // (d * bytes_per_entry * factor)))
 
@@ -91,9 +94,14 @@ def _sample_loss_fn(model: nn.Module, task: str):
     return f
 
 
-def iter_per_sample_grads(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor,
-                          task: str, chunk_size: int | None = None,
-                          memory_budget_mb: float = 1024.0) -> Iterator[tuple[slice, torch.Tensor]]:
+def iter_per_sample_grads(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    task: str,
+    chunk_size: int | None = None,
+    memory_budget_mb: float = 1024.0,
+) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield ``(slice, grads)`` with grads (chunk, d) of the per-sample loss, chunk by chunk.
 
     ``inputs``: tuple of tensors with leading dimension n; ``target``: (n, ...).
@@ -115,8 +123,14 @@ def iter_per_sample_grads(model: nn.Module, inputs: tuple[torch.Tensor, ...], ta
         model.train(was_training)
 
 
-def per_sample_grads(model: nn.Module, dataset, indices: Sequence[int] | None = None, task: str | None = None,
-                     chunk_size: int | None = None, memory_budget_mb: float = 1024.0) -> torch.Tensor:
+def per_sample_grads(
+    model: nn.Module,
+    dataset,
+    indices: Sequence[int] | None = None,
+    task: str | None = None,
+    chunk_size: int | None = None,
+    memory_budget_mb: float = 1024.0,
+) -> torch.Tensor:
     """Per-sample loss gradients at the model's current parameters, shape (n, d).
 
     ``dataset``: a TensorDataset (inputs..., target) or a ``Splits``-like pair; ``task`` is
@@ -125,13 +139,17 @@ def per_sample_grads(model: nn.Module, dataset, indices: Sequence[int] | None = 
     if task is None:
         raise ValueError("task is required: 'regression' or 'classification'")
     inputs, target = dataset_tensors(dataset, indices)
-    parts = [g for _, g in iter_per_sample_grads(model, inputs, target, task, chunk_size, memory_budget_mb)]
+    parts = [
+        g
+        for _, g in iter_per_sample_grads(model, inputs, target, task, chunk_size, memory_budget_mb)
+    ]
     return torch.cat(parts, dim=0)
 
 
 def activation_numel(model: nn.Module, sample_inputs: tuple[torch.Tensor, ...]) -> int:
     """Number of activation entries of one sample's forward pass (sum over leaf-module outputs);
-    used to size chunks to a memory budget."""
+    used to size chunks to a memory budget.
+    """
     total = [0]
 
     def hook(_m, _i, out):

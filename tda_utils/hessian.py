@@ -1,8 +1,9 @@
 """Hessian-vector products, Gauss-Newton products, explicit Hessians, spectra and solvers.
 
 Public: ``math_sdpa``, ``output_hessian_apply``, ``output_hessian_sqrt``, ``batch_hvp``,
-``dataset_hvp``, ``explicit_hessian``, ``sqrt_gnh_jacobian``, ``JacobianGNH``, ``Spectrum``, ``gnh_spectrum``,
-``full_spectrum``, ``gram_eigh``, ``lanczos``, ``batched_cg``, ``lissa``, ``lissa_gnh_subspace``, ``grad_stats``.
+``dataset_hvp``, ``explicit_hessian``, ``sqrt_gnh_jacobian``, ``JacobianGNH``, ``Spectrum``,
+``gnh_spectrum``,
+``full_spectrum``, ``gram_eigh``, ``lanczos``, ``grad_stats`` (solvers: ``tda_utils.solvers``).
 
 Conventions. Every Hessian here is that of the *mean* loss of the data it is given,
 L(theta) = (1/n) sum_j loss_j(theta), with ``models.per_sample_loss`` (per-sample MSE = mean over
@@ -14,6 +15,7 @@ and H_out the Hessian of the loss w.r.t. the output: (2/k) I for MSE, diag(p) - 
 cross-entropy. All HVP code runs under ``math_sdpa()`` so that attention (HF transformers) is
 twice differentiable.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,14 +29,23 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 
 from .config import check_choice
-from .grads import flatten, frozen_state, iter_per_sample_grads, param_offsets, trainable_params, unflatten
+from .grads import (
+    flatten,
+    frozen_state,
+    iter_per_sample_grads,
+    param_offsets,
+    trainable_params,
+    unflatten,
+)
 from .models import per_sample_loss
 
 warnings.filterwarnings("ignore", message=r".*torch\.func.*", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*forward-mode.*", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*functorch.*", category=FutureWarning)
 # the first forward-mode jvp scripts its decompositions: a harmless deprecation notice in torch 2.14
-warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated.*", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message=r".*torch\.jit\.script.*deprecated.*", category=FutureWarning
+)
 
 HESSIANS = ("exact", "gnh")
 
@@ -51,12 +62,6 @@ def math_sdpa():
         return
     with sdpa_kernel(SDPBackend.MATH):
         yield
-
-
-
-
-class LissaDiverged(ValueError):
-    """LiSSA's Neumann iteration diverged (a ValueError that names the remedy)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,8 +107,13 @@ def _out_fn(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
     return f
 
 
-def batch_hvp(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, task: str,
-              hessian: str = "gnh") -> Matvec:
+def batch_hvp(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    task: str,
+    hessian: str = "gnh",
+) -> Matvec:
     """Products with the Hessian of the batch's mean loss: V (m, d) -> H V (m, d).
 
     ``hessian="exact"``: jvp of grad (forward-over-reverse). ``"gnh"``: J^T H_out J V / B with one
@@ -114,6 +124,7 @@ def batch_hvp(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.
     out_fn = _out_fn(model, inputs)
     B = target.shape[0]
     if hessian == "exact":
+
         def loss(p):
             return per_sample_loss(out_fn(p), target, task).mean()
 
@@ -139,8 +150,15 @@ def batch_hvp(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.
     return apply
 
 
-def dataset_hvp(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, task: str,
-                hessian: str = "gnh", batch_size: int = 128, vec_chunk: int | None = None) -> Matvec:
+def dataset_hvp(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    task: str,
+    hessian: str = "gnh",
+    batch_size: int = 128,
+    vec_chunk: int | None = None,
+) -> Matvec:
     """Products with the Hessian of the mean loss over the whole dataset, in batches.
 
     H V = sum_b (|B_b| / n) H_{B_b} V over consecutive batches of ``batch_size``; the m vectors
@@ -156,14 +174,21 @@ def dataset_hvp(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torc
             hv = batch_hvp(model, tuple(x[sl] for x in inputs), target[sl], task, hessian)
             w = (sl.stop - sl.start) / n
             for c in range(0, V.shape[0], step):
-                out[c:c + step] += w * hv(V[c:c + step])
+                out[c : c + step] += w * hv(V[c : c + step])
         return out
 
     return apply
 
 
-def explicit_hessian(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, task: str,
-                     hessian: str = "exact", batch_size: int = 128, col_chunk: int = 256) -> torch.Tensor:
+def explicit_hessian(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    task: str,
+    hessian: str = "exact",
+    batch_size: int = 128,
+    col_chunk: int = 256,
+) -> torch.Tensor:
     """The explicit (d, d) Hessian (or GNH) of the dataset's mean loss, symmetrised.
 
     Built from HVPs with ``col_chunk`` identity columns at a time. Cost: d / col_chunk passes
@@ -178,7 +203,7 @@ def explicit_hessian(model: nn.Module, inputs: tuple[torch.Tensor, ...], target:
         cols = torch.arange(c, min(d, c + col_chunk), device=ref.device)
         E = torch.zeros(len(cols), d, dtype=ref.dtype, device=ref.device)
         E[torch.arange(len(cols), device=ref.device), cols] = 1.0
-        H[c:c + len(cols)] = hvp(E)
+        H[c : c + len(cols)] = hvp(E)
     return _symmetrize_(H)
 
 
@@ -187,14 +212,19 @@ def _symmetrize_(H: torch.Tensor, block: int = 2048) -> torch.Tensor:
     d = H.shape[0]
     for i in range(0, d, block):
         for j in range(i, d, block):
-            S = 0.5 * (H[i:i + block, j:j + block] + H[j:j + block, i:i + block].T)
-            H[i:i + block, j:j + block] = S
-            H[j:j + block, i:i + block] = S.T
+            S = 0.5 * (H[i : i + block, j : j + block] + H[j : j + block, i : i + block].T)
+            H[i : i + block, j : j + block] = S
+            H[j : j + block, i : i + block] = S.T
     return H
 
 
-def sqrt_gnh_jacobian(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, task: str,
-                      chunk: int = 64) -> torch.Tensor:
+def sqrt_gnh_jacobian(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    task: str,
+    chunk: int = 64,
+) -> torch.Tensor:
     """Rows M (n k, d) with GNH = M^T M / n: per sample j the k rows L_j^T J_j.
 
     J_j (k, d) is the Jacobian of sample j's output; L_j the square root of its output Hessian
@@ -236,12 +266,15 @@ class JacobianGNH:
         self.d = M.shape[1]
 
     def matvec(self, V: torch.Tensor) -> torch.Tensor:
+        """The mean-loss GNH over all n samples times V (m, d)."""
         return (V @ self.M.T) @ self.M / self.n
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """The rows of M of the samples ``idx``, (len(idx) k, d)."""
         return self.M.view(self.n, self.k, self.d)[idx.to(self.M.device)].reshape(-1, self.d)
 
     def batch_matvec(self, idx: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """The mean-loss GNH of the samples ``idx`` (duplicates allowed) times V (m, d)."""
         R = self.rows(idx)
         return (V @ R.T) @ R / idx.numel()
 
@@ -268,6 +301,7 @@ class Spectrum:
 
     @property
     def rank(self) -> int:
+        """The number of eigenpairs r."""
         return int(self.evals.numel())
 
     def project(self, G: torch.Tensor) -> torch.Tensor:
@@ -291,8 +325,9 @@ def full_spectrum(H: torch.Tensor, source: str = "eigh") -> Spectrum:
     return Spectrum(evals=evals, evecs=evecs, complement=None, source=source)
 
 
-def gram_eigh(M: torch.Tensor, scale: float = 1.0, rel_tol: float = 1e-12
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def gram_eigh(
+    M: torch.Tensor, scale: float = 1.0, rel_tol: float = 1e-12
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenpairs (e (r,), U (N, r)) of the Gram matrix M M^T / ``scale`` of rows M (N, d).
 
     Symmetrised before ``eigh``; eigenvalues at or below ``rel_tol`` x the largest are dropped,
@@ -304,8 +339,14 @@ def gram_eigh(M: torch.Tensor, scale: float = 1.0, rel_tol: float = 1e-12
     return e[keep], U[:, keep]
 
 
-def gnh_spectrum(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, task: str,
-                 chunk: int = 64, rel_tol: float = 1e-12) -> Spectrum:
+def gnh_spectrum(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    task: str,
+    chunk: int = 64,
+    rel_tol: float = 1e-12,
+) -> Spectrum:
     """Exact eigendecomposition of the dataset's mean GNH from the output Jacobian.
 
     With M = ``sqrt_gnh_jacobian`` (N = n k rows) the GNH is M^T M / n. If N < d the N x N Gram
@@ -320,12 +361,25 @@ def gnh_spectrum(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: tor
         return full_spectrum(M.T @ M / n, source="gnh-explicit")
     e, U = gram_eigh(M, n, rel_tol)
     W = U / torch.sqrt(n * e)[None, :]
-    return Spectrum(evals=e, evecs=None, complement=0.0, source="gnh-lowrank", factor=(M, W),
-                    info={"jacobian_rows": N, "rank": int(e.numel())})
+    return Spectrum(
+        evals=e,
+        evecs=None,
+        complement=0.0,
+        source="gnh-lowrank",
+        factor=(M, W),
+        info={"jacobian_rows": N, "rank": int(e.numel())},
+    )
 
 
-def lanczos(matvec: Matvec, d: int, k: int, n_iter: int | None = None, dtype=torch.float64, device=None,
-            seed: int = 0) -> Spectrum:
+def lanczos(
+    matvec: Matvec,
+    d: int,
+    k: int,
+    n_iter: int | None = None,
+    dtype=torch.float64,
+    device=None,
+    seed: int = 0,
+) -> Spectrum:
     """Top-``k`` (by magnitude) eigenpairs of a symmetric operator by Lanczos.
 
     ``matvec``: (m, d) -> (m, d) (called with m = 1). Full re-orthogonalisation (twice) against
@@ -345,162 +399,46 @@ def lanczos(matvec: Matvec, d: int, k: int, n_iter: int | None = None, dtype=tor
         w = matvec(Q[j][None])[0].to(dtype)
         alpha[j] = w @ Q[j]
         for _ in range(2):
-            w = w - Q[:j + 1].T @ (Q[:j + 1] @ w)
+            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
         b = w.norm()
         beta[j] = b
         if j + 1 == m:
             break
-        if b <= 1e-10 * alpha[:j + 1].abs().max().clamp_min(1e-300):
+        if b <= 1e-10 * alpha[: j + 1].abs().max().clamp_min(1e-300):
             steps = j + 1
             break
         Q[j + 1] = w / b
-    T = torch.diag(alpha[:steps]) + torch.diag(beta[:steps - 1], 1) + torch.diag(beta[:steps - 1], -1)
+    T = (
+        torch.diag(alpha[:steps])
+        + torch.diag(beta[: steps - 1], 1)
+        + torch.diag(beta[: steps - 1], -1)
+    )
     theta, S = torch.linalg.eigh(T)
-    order = theta.abs().argsort(descending=True)[:min(k, steps)]
+    order = theta.abs().argsort(descending=True)[: min(k, steps)]
     theta, S = theta[order], S[:, order]
     V = Q[:steps].T @ S.to(Q.device)
     res = (beta[steps - 1] * S[-1]).abs()
     exhausted = steps == d
-    return Spectrum(evals=theta.to(Q.device), evecs=V, complement=None if exhausted and k >= d else 0.0,
-                    source="lanczos", info={"lanczos_steps": steps, "ritz_residuals": res})
-
-
-# ----------------------------------------------------------------------------------------------
-# Solvers
-# ----------------------------------------------------------------------------------------------
-def batched_cg(matvec: Matvec, b: torch.Tensor, damping: float, tol: float = 1e-6, max_iter: int = 1000
-               ) -> tuple[torch.Tensor, dict]:
-    """Solve (H + damping I) X = b for every row of ``b`` (m, d) by conjugate gradient.
-
-    Each right-hand side runs its own CG (own step sizes), all vectorised: one batched HVP per
-    iteration over the still-active rows. A row stops when ||r|| <= tol ||b||. Returns X (m, d)
-    and info: ``iterations`` (m,), ``residuals`` (m,) = the true relative residual
-    ||b - (H + damping I) X|| / ||b|| (one extra HVP), ``converged`` (m,), ``indefinite`` (m,)
-    (a non-positive curvature p^T A p was met; that row stops there).
-    """
-    m = b.shape[0]
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = r.clone()
-    rs = (r * r).sum(1)
-    bnorm = b.norm(dim=1)
-    iters = torch.zeros(m, dtype=torch.long, device=b.device)
-    indefinite = torch.zeros(m, dtype=torch.bool, device=b.device)
-    active = rs.sqrt() > tol * bnorm
-    for _ in range(max_iter):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        P = p[idx]
-        AP = matvec(P) + damping * P
-        pAp = (P * AP).sum(1)
-        bad = ~(pAp > 0)
-        if bad.any():
-            indefinite[idx[bad]] = True
-            active[idx[bad]] = False
-            keep = ~bad
-            idx, P, AP, pAp = idx[keep], P[keep], AP[keep], pAp[keep]
-            if idx.numel() == 0:
-                break
-        a = rs[idx] / pAp
-        x[idx] += a[:, None] * P
-        r[idx] -= a[:, None] * AP
-        rs_new = (r[idx] ** 2).sum(1)
-        beta = rs_new / rs[idx]
-        p[idx] = r[idx] + beta[:, None] * P
-        rs[idx] = rs_new
-        iters[idx] += 1
-        active[idx] = rs_new.sqrt() > tol * bnorm[idx]
-    true_r = b - (matvec(x) + damping * x)
-    rel = true_r.norm(dim=1) / bnorm.clamp_min(torch.finfo(b.dtype).tiny)
-    converged = (rel <= max(10 * tol, tol + 1e-12)) & ~indefinite
-    return x, {"iterations": iters.cpu(), "residuals": rel.cpu(), "converged": converged.cpu(),
-               "indefinite": indefinite.cpu()}
-
-
-def _check_lissa(hn: torch.Tensor, vnorm: torch.Tensor, t: int, scale: float, divergence_factor: float) -> None:
-    """Raise ``LissaDiverged`` if an iterate norm ``hn`` (m,) is non-finite or above
-    ``divergence_factor`` (t + 1) ||v|| (with a contraction, ||h_t|| <= (t + 1) ||v|| always)."""
-    if not torch.isfinite(hn).all() or (hn > divergence_factor * (t + 1) * vnorm).any():
-        raise LissaDiverged(
-            f"LiSSA diverged at iteration {t} with scale={scale}: the iteration is not a "
-            f"contraction (the largest eigenvalue of H_B + damping exceeds 2 x scale, or H is "
-            f"indefinite beyond the damping). Use a larger `scale` (e.g. {scale * 5:g}) or a "
-            f"larger damping.")
-
-
-def lissa(batch_matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], v: torch.Tensor, n: int,
-          damping: float, scale: float = 10.0, depth: int = 1000, batch_size: int = 128, repeat: int = 1,
-          generator: torch.Generator | None = None, divergence_factor: float = 1e3) -> tuple[torch.Tensor, dict]:
-    """LiSSA (Agarwal et al. 2017, as in torch-influence): approximate (H + damping I)^{-1} v.
-
-    h_0 = v; h_t = v + h_{t-1} - (H_{B_t} + damping I) h_{t-1} / scale for t = 1..depth with
-    B_t ``batch_size`` indices drawn uniformly with replacement from range(n) (``generator``);
-    estimate = h_depth / scale, averaged over ``repeat`` runs. ``batch_matvec(idx, V)`` returns
-    the mean-loss Hessian of the batch ``idx`` times V (m, d). ``v``: (m, d).
-
-    Divergence: if h becomes non-finite or ||h_t|| > divergence_factor (t + 1) ||v|| for some
-    row (with a contraction, ||h_t|| <= (t + 1) ||v|| always holds), raises ValueError asking for
-    a larger ``scale``.
-    """
-    vnorm = v.norm(dim=1)
-    est = torch.zeros_like(v)
-    norms = []
-    for _ in range(repeat):
-        h = v.clone()
-        for t in range(1, depth + 1):
-            idx = torch.randint(0, n, (batch_size,), generator=generator)
-            h = v + h - (batch_matvec(idx, h) + damping * h) / scale
-            _check_lissa(h.norm(dim=1), vnorm, t, scale, divergence_factor)
-        est += h / scale
-        norms.append((h / scale).norm(dim=1).cpu())
-    return est / repeat, {"estimate_norms": torch.stack(norms)}
-
-
-def lissa_gnh_subspace(jac: JacobianGNH, v: torch.Tensor, damping: float, scale: float = 10.0, depth: int = 1000,
-                       batch_size: int = 128, repeat: int = 1, generator: torch.Generator | None = None,
-                       divergence_factor: float = 1e3, rel_tol: float = 1e-12) -> tuple[torch.Tensor, dict]:
-    """``lissa`` for the Gauss-Newton Hessian, run in the row space of the Jacobian rows M.
-
-    Every batch GNH M_B^T M_B / B maps into the row space of M (rank r <= n k), so with an
-    orthonormal basis V (d, r) of that space (from the eigendecomposition of M M^T) the iterate
-    splits into V c_t, updated with the (r, r) batch matrices (M_B V)^T (M_B V) / B, and a
-    component in the complement that follows h_t = v_perp + (1 - damping / scale) h_{t-1} in
-    closed form. Same batches (same ``generator`` draws), same recursion and the same divergence
-    test as ``lissa``; only the arithmetic is reorganised (cost per step B r m instead of B d m).
-    """
-    M = jac.M
-    e, U = gram_eigh(M, 1, rel_tol)
-    W = U / e.sqrt()[None, :]  # V = M^T W (d, r) has orthonormal columns; never formed
-    MV = (U * e.sqrt()[None, :]).view(jac.n, jac.k, -1)  # rows of M V, per sample
-    cv = (v @ M.T) @ W  # (m, r)
-    v_perp = v - (cv @ W.T) @ M
-    vnorm = v.norm(dim=1)
-    pnorm = v_perp.norm(dim=1)
-    rho = 1.0 - damping / scale
-    est = torch.zeros_like(v)
-    norms = []
-    for _ in range(repeat):
-        c = cv.clone()
-        geo = 1.0  # h_perp_t = geo * v_perp with geo = sum_{i<=t} rho^i
-        for t in range(1, depth + 1):
-            idx = torch.randint(0, jac.n, (batch_size,), generator=generator)
-            R = MV[idx.to(MV.device)].reshape(-1, MV.shape[-1])
-            c = cv + c - (((c @ R.T) @ R) / batch_size + damping * c) / scale
-            geo = 1.0 + rho * geo
-            hn = torch.sqrt((c * c).sum(1) + (geo * pnorm) ** 2)
-            _check_lissa(hn, vnorm, t, scale, divergence_factor)
-        h = ((c @ W.T) @ M + geo * v_perp) / scale
-        est += h
-        norms.append(h.norm(dim=1).cpu())
-    return est / repeat, {"estimate_norms": torch.stack(norms), "subspace_rank": int(W.shape[1])}
+    return Spectrum(
+        evals=theta.to(Q.device),
+        evecs=V,
+        complement=None if exhausted and k >= d else 0.0,
+        source="lanczos",
+        info={"lanczos_steps": steps, "ritz_residuals": res},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Gradient statistics
 # ----------------------------------------------------------------------------------------------
-def grad_stats(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, task: str,
-               memory_budget_mb: float = 1024.0, per_tensor: bool = False) -> dict:
+def grad_stats(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    task: str,
+    memory_budget_mb: float = 1024.0,
+    per_tensor: bool = False,
+) -> dict:
     """Statistics of the per-sample loss gradients over a dataset (one chunked pass).
 
     Returns ``lambda0`` = sum_j ||g_j||^2 / (n d) (the mean squared per-sample gradient entry,
@@ -514,7 +452,9 @@ def grad_stats(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch
     sq = []
     offsets = param_offsets(model)
     tensor_sq = {name: 0.0 for name in params}
-    for _, g in iter_per_sample_grads(model, inputs, target, task, memory_budget_mb=memory_budget_mb):
+    for _, g in iter_per_sample_grads(
+        model, inputs, target, task, memory_budget_mb=memory_budget_mb
+    ):
         g2 = g * g
         sq.append(g2.sum(1).double().cpu())
         if per_tensor:

@@ -1,6 +1,7 @@
 """Agreement of attribution scores with the further-training gold standard.
 
-Public: ``Curve``, ``agreement``, ``cosine_rows``, ``spearman_rows``, ``rank_rows``.
+Public: ``Curve``, ``SeedCurve``, ``agreement``, ``seed_group_agreement``, ``sorted_scores``,
+``cosine_rows``, ``spearman_rows``, ``rank_rows``, ``nan_mean_sem``, ``nan_argmax``.
 
 ``agreement(tau, scores)``: tau (n_evals, n_query, n_left_out) against scores (n_query,
 n_left_out) or (n_evals, n_query, n_left_out); one value per (eval time, query) across the
@@ -8,6 +9,7 @@ left-out instances; mean and SEM (std / sqrt(count), ddof=1) over queries. A con
 (zero norm, or no rank variation) gives NaN, which is left out of the mean and counted in
 ``n_nan``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +24,7 @@ METRICS = ("cosine", "spearman")
 
 @dataclasses.dataclass
 class Curve:
-    """Agreement over time. ``mean``, ``sem``, ``n_nan``: (n_evals,); ``values``: (n_evals, n_query)."""
+    """Agreement over time: ``mean``, ``sem``, ``n_nan`` (n_evals,), ``values`` (n_evals, Q)."""
 
     mean: torch.Tensor
     sem: torch.Tensor
@@ -30,9 +32,27 @@ class Curve:
     n_nan: torch.Tensor
     metric: str
 
-    def at(self, j: int) -> tuple[float, float]:
-        """(mean, sem) at evaluation index ``j`` (negative counts from the end)."""
-        return float(self.mean[j]), float(self.sem[j])
+
+def nan_argmax(x: torch.Tensor) -> int:
+    """Index of the largest entry of a 1-D tensor, NaN entries ignored (0 if all are NaN)."""
+    return int(torch.nan_to_num(x.double(), nan=-math.inf).argmax())
+
+
+def nan_mean_sem(vals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean and SEM (std with ddof=1 over sqrt(count)) along the last axis, NaNs left out.
+
+    Returns (mean, sem, count); mean is NaN without values, sem NaN with fewer than two.
+    """
+    ok = ~torch.isnan(vals)
+    cnt = ok.sum(-1)
+    filled = torch.where(ok, vals, torch.zeros_like(vals))
+    mean = filled.sum(-1) / cnt.clamp(min=1)
+    var = (torch.where(ok, vals - mean[..., None], torch.zeros_like(vals)) ** 2).sum(-1) / (
+        cnt - 1
+    ).clamp(min=1)
+    sem = var.sqrt() / cnt.clamp(min=1).double().sqrt()
+    nan = torch.full_like(mean, float("nan"))
+    return torch.where(cnt > 0, mean, nan), torch.where(cnt > 1, sem, nan), cnt
 
 
 def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -75,22 +95,18 @@ def agreement(tau: torch.Tensor, scores: torch.Tensor, metric: str = "cosine") -
     tau = torch.as_tensor(tau)
     scores = torch.as_tensor(scores)
     if tau.ndim != 3:
-        raise ValueError(f"tau must have shape (n_evals, n_query, n_left_out), got {tuple(tau.shape)}")
+        raise ValueError(
+            f"tau must have shape (n_evals, n_query, n_left_out), got {tuple(tau.shape)}"
+        )
     if scores.shape[-2:] != tau.shape[-2:]:
-        raise ValueError(f"scores shape {tuple(scores.shape)} does not match tau's (n_query, n_left_out) "
-                         f"= {tuple(tau.shape[-2:])}; scores must be query-major")
+        raise ValueError(
+            f"scores shape {tuple(scores.shape)} does not match tau's (n_query, n_left_out) "
+            f"= {tuple(tau.shape[-2:])}; scores must be query-major"
+        )
     fn = cosine_rows if metric == "cosine" else spearman_rows
     vals = fn(tau, scores)  # (E, Q)
-    ok = ~torch.isnan(vals)
-    cnt = ok.sum(-1)
-    filled = torch.where(ok, vals, torch.zeros_like(vals))
-    mean = filled.sum(-1) / cnt.clamp(min=1)
-    var = (torch.where(ok, vals - mean[:, None], torch.zeros_like(vals)) ** 2).sum(-1) / (cnt - 1).clamp(min=1)
-    sem = var.sqrt() / cnt.clamp(min=1).double().sqrt()
-    nan = torch.full_like(mean, float("nan"))
-    mean = torch.where(cnt > 0, mean, nan)
-    sem = torch.where(cnt > 1, sem, nan)
-    return Curve(mean=mean, sem=sem, values=vals, n_nan=(~ok).sum(-1), metric=metric)
+    mean, sem, cnt = nan_mean_sem(vals)
+    return Curve(mean=mean, sem=sem, values=vals, n_nan=vals.shape[-1] - cnt, metric=metric)
 
 
 @dataclasses.dataclass
@@ -108,8 +124,12 @@ class SeedCurve:
     n_groups: list[int]
 
 
-def seed_group_agreement(per_seed: torch.Tensor, scores: torch.Tensor, ks=(1, 2, 5, 10, 20, 50, 100),
-                         metric: str = "cosine") -> SeedCurve:
+def seed_group_agreement(
+    per_seed: torch.Tensor,
+    scores: torch.Tensor,
+    ks=(1, 2, 5, 10, 20, 50, 100),
+    metric: str = "cosine",
+) -> SeedCurve:
     """The paper's seed-averaging analysis.
 
     ``per_seed``: (n_evals, n_seeds, n_query, n_left_out), e.g. ``FurtherTrainingResult.per_seed``;
@@ -128,21 +148,24 @@ def seed_group_agreement(per_seed: torch.Tensor, scores: torch.Tensor, ks=(1, 2,
     best, sem, arg, groups = [], [], [], []
     for k in ks:
         g = n_seeds // k
-        tau = per_seed[:, : g * k].reshape(per_seed.shape[0], g, k, *per_seed.shape[2:]).mean(2)  # (E, G, Q, L)
+        tau = (
+            per_seed[:, : g * k].reshape(per_seed.shape[0], g, k, *per_seed.shape[2:]).mean(2)
+        )  # (E, G, Q, L)
         s = scores if scores.ndim == 2 else scores[:, None]
         vals = fn(tau, s)  # (E, G, Q)
-        flat = vals.reshape(vals.shape[0], -1)
-        ok = ~torch.isnan(flat)
-        cnt = ok.sum(1).clamp(min=1)
-        mean = torch.where(ok, flat, 0.0).sum(1) / cnt
-        j = int(torch.nan_to_num(torch.where(ok.any(1), mean, float("nan")), nan=-2.0).argmax())
-        v = flat[j][ok[j]]
-        best.append(mean[j])
-        sem.append(v.std() / math.sqrt(v.numel()) if v.numel() > 1 else torch.tensor(float("nan")))
+        mean_t, sem_t, _ = nan_mean_sem(vals.reshape(vals.shape[0], -1))  # over (group, query)
+        j = nan_argmax(mean_t)
+        best.append(torch.nan_to_num(mean_t[j], nan=0.0))
+        sem.append(sem_t[j])
         arg.append(j)
         groups.append(g)
-    return SeedCurve(ks=ks, best=torch.stack(best), sem=torch.stack(sem).double(), best_time_index=arg,
-                     n_groups=groups)
+    return SeedCurve(
+        ks=ks,
+        best=torch.stack(best),
+        sem=torch.stack(sem).double(),
+        best_time_index=arg,
+        n_groups=groups,
+    )
 
 
 def sorted_scores(values: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Model registry.
 
-Public: ``build_model``, ``register_model``, ``MODELS``, ``loss_fn``, ``per_sample_loss``.
+Public: ``build_model``, ``register_model``, ``MODELS``, ``per_sample_loss``.
 
 ``build_model(name, splits, seed)`` calls ``torch.manual_seed(seed)`` and then creates the layers
 in order, so the initial parameters match the authors' code bit for bit (design.md §6).
@@ -74,9 +74,3 @@ def per_sample_loss(output: torch.Tensor, target: torch.Tensor, task: str) -> to
         return ((output - target) ** 2).mean(-1)
     logp = torch.log_softmax(output, dim=-1)
     return -logp.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
-
-
-def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Mean-reduced loss of the paper: ``nn.MSELoss()`` or ``nn.CrossEntropyLoss()``."""
-    check_choice("task", task, ("regression", "classification"))
-    return nn.MSELoss() if task == "regression" else nn.CrossEntropyLoss()

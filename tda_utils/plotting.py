@@ -6,6 +6,7 @@ One style for every figure: each method's label, colour and line style and the p
 order come from the method registry (``methods.method_style``, ``methods.method_order``);
 seaborn theme; curves are means over test instances with +-SEM bands.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from .methods.registry import METHODS, method_order, method_style
+
 
 def set_style() -> None:
     """The seaborn theme used for every figure."""
@@ -36,7 +38,7 @@ def _finish(fig, ax, title: str | None, legend: bool):
 
 
 def _figure_axes(ax, figsize: tuple[float, float]):
-    """(figure, axes): a new figure of ``figsize`` when ``ax`` is None, else ``ax`` and its figure."""
+    """(figure, axes): a new figure of ``figsize`` if ``ax`` is None, else ``ax`` and its figure."""
     if ax is None:
         return plt.subplots(figsize=figsize)
     return ax.figure, ax
@@ -47,8 +49,16 @@ def time_label(unit: str) -> str:
     return {"epoch": "further training epochs", "step": "further training steps"}.get(unit, unit)
 
 
-def plot_agreement(curves: Mapping[str, object], times, time_unit: str = "epoch", ylabel: str = "cosine similarity",
-                   title: str | None = None, ax=None, legend: bool = True, xlabel: str | None = None):
+def plot_agreement(
+    curves: Mapping[str, object],
+    times,
+    time_unit: str = "epoch",
+    ylabel: str = "cosine similarity",
+    title: str | None = None,
+    ax=None,
+    legend: bool = True,
+    xlabel: str | None = None,
+):
     """Agreement vs further-training time, one curve per method with a +-SEM band.
 
     ``curves``: {method: metrics.Curve}; ``times``: (n_evals,). Returns the figure.
@@ -59,9 +69,21 @@ def plot_agreement(curves: Mapping[str, object], times, time_unit: str = "epoch"
         c = curves[m]
         style = method_style(m)
         mean, sem = np.asarray(c.mean), np.asarray(c.sem)
-        ax.plot(t, mean, label=style.get("label", m), color=style.get("color"), linestyle=style.get("linestyle", "-"))
-        ax.fill_between(t, mean - np.nan_to_num(sem), mean + np.nan_to_num(sem), color=style.get("color"), alpha=0.2,
-                        linewidth=0)
+        ax.plot(
+            t,
+            mean,
+            label=style.get("label", m),
+            color=style.get("color"),
+            linestyle=style.get("linestyle", "-"),
+        )
+        ax.fill_between(
+            t,
+            mean - np.nan_to_num(sem),
+            mean + np.nan_to_num(sem),
+            color=style.get("color"),
+            alpha=0.2,
+            linewidth=0,
+        )
     ax.set_xlabel(xlabel or time_label(time_unit))
     ax.set_ylabel(ylabel)
     return _finish(fig, ax, title, legend)
@@ -77,7 +99,9 @@ def save_figure(fig, name: str, figures_dir: str | Path) -> list[Path]:
     return paths
 
 
-def plot_seed_curves(seed_curves: Mapping[str, object], title: str | None = None, ax=None, legend: bool = True):
+def plot_seed_curves(
+    seed_curves: Mapping[str, object], title: str | None = None, ax=None, legend: bool = True
+):
     """Best agreement (max over time) vs number of seeds averaged, semilog-x (Figs. 3, 7-9).
 
     ``seed_curves``: {method: metrics.SeedCurve}. Returns the figure.
@@ -86,8 +110,16 @@ def plot_seed_curves(seed_curves: Mapping[str, object], title: str | None = None
     for m in method_order(list(seed_curves)):
         c = seed_curves[m]
         style = method_style(m)
-        ax.errorbar(c.ks, np.asarray(c.best), yerr=np.nan_to_num(np.asarray(c.sem)), marker="o", capsize=3,
-                    label=style.get("label", m), color=style.get("color"), linestyle=style.get("linestyle", "-"))
+        ax.errorbar(
+            c.ks,
+            np.asarray(c.best),
+            yerr=np.nan_to_num(np.asarray(c.sem)),
+            marker="o",
+            capsize=3,
+            label=style.get("label", m),
+            color=style.get("color"),
+            linestyle=style.get("linestyle", "-"),
+        )
     ax.set_xscale("log")
     ks = sorted({int(k) for c in seed_curves.values() for k in c.ks})
     ax.set_xticks(ks, [str(k) for k in ks])
@@ -97,7 +129,9 @@ def plot_seed_curves(seed_curves: Mapping[str, object], title: str | None = None
     return _finish(fig, ax, title, legend)
 
 
-def plot_sorted_scores(curves: Mapping[str, object], title: str | None = None, ax=None, legend: bool = True):
+def plot_sorted_scores(
+    curves: Mapping[str, object], title: str | None = None, ax=None, legend: bool = True
+):
     """Sorted attribution scores (Fig. 10): {label: (n_left_out,) L2-normalised curve}.
 
     Registered method names get their colour; other labels (further training at a time)
@@ -111,88 +145,18 @@ def plot_sorted_scores(curves: Mapping[str, object], title: str | None = None, a
             st = method_style(label)
             ax.plot(np.arange(1, len(y) + 1), y, label=st["label"], color=st["color"])
         else:
-            ax.plot(np.arange(1, len(y) + 1), y, label=label, color=("k", "0.45", "0.7")[others % 3],
-                    linestyle=("-", "--", ":")[others % 3])
+            ax.plot(
+                np.arange(1, len(y) + 1),
+                y,
+                label=label,
+                color=("k", "0.45", "0.7")[others % 3],
+                linestyle=("-", "--", ":")[others % 3],
+            )
             others += 1
     ax.axhline(0, color="0.6", linewidth=0.8)
     ax.set_xlabel("rank")
     ax.set_ylabel("sorted attribution score")
     return _finish(fig, ax, title, legend)
-
-
-#: the paper's panel order, with the datasets of this suite that fill each slot (first found wins)
-PAPER_PANELS: dict[str, tuple[str, ...]] = {
-    "a": ("concrete",), "b": ("energy", "diabetes"), "c": ("heloc", "credit"), "d": ("folktables", "cps1988"),
-    "e": ("cifar10", "mnist", "fashion_mnist"), "f": ("sst2", "finefood"),
-}
-#: which slots each multi-panel figure of the paper has
-FIGURE_SLOTS: dict[str, tuple[str, ...]] = {
-    "fig2": tuple("abcdef"), "fig5": tuple("abcdef"), "fig6": tuple("abcdef"), "fig7": tuple("abcdef"),
-    "fig9": tuple("abcdef"), "fig10": tuple("abcdef"), "fig4": tuple("abcd"), "fig8": tuple("abcd"),
-    "fig11": tuple("ab"), "fig3": ("d", "f"),
-}
-TIME_FIGURES = {"fig2": "cosine similarity", "fig4": "cosine similarity", "fig5": "cosine similarity",
-                "fig6": "Spearman correlation", "fig11": "cosine similarity"}
-SEED_FIGURES = ("fig3", "fig7", "fig8", "fig9")
-
-
-def panel_datasets(available: Sequence[str], slots: Mapping[str, Sequence[str]] = PAPER_PANELS) -> dict[str, str | None]:
-    """{panel letter: the dataset shown there, or None when none of its datasets has results}."""
-    return {k: next((d for d in cands if d in available), None) for k, cands in slots.items()}
-
-
-def compose_figure(fig_id: str, panels_by_dataset: Mapping[str, Mapping], slots: Mapping[str, Sequence[str]] = PAPER_PANELS,
-                   title: str | None = None):
-    """A multi-panel paper figure: one panel per slot in the paper's order, one shared legend.
-
-    ``panels_by_dataset``: {dataset: the panel data saved by its notebook (``save_panels``)}. A slot
-    whose dataset has no results (or no data for this figure) shows a note instead of failing.
-    """
-    if slots is PAPER_PANELS and fig_id in FIGURE_SLOTS:
-        slots = {k: PAPER_PANELS[k] for k in FIGURE_SLOTS[fig_id]}
-    chosen = panel_datasets(list(panels_by_dataset), slots)
-    n = len(chosen)
-    cols = min(3, n)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4.2 * rows), squeeze=False)
-    handles: dict[str, object] = {}
-    key = "fig7" if fig_id == "fig3" else fig_id
-    for ax, (letter, ds) in zip(axes.flat, chosen.items()):
-        data = panels_by_dataset.get(ds) if ds else None
-        if data is None or key not in data:
-            missing = " / ".join(slots[letter])
-            why = "no results" if data is None else f"no {fig_id} data"
-            ax.text(0.5, 0.5, f"({letter}) {missing}:\n{why} for this profile", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=10, color="0.4")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        if key in TIME_FIGURES:
-            times = data.get("times_adam" if key == "fig4" else "times_retrain" if key == "fig11" else "times")
-            plot_agreement(data[key], times, data.get("time_unit", "epoch"), TIME_FIGURES[key], ax=ax, legend=False,
-                           xlabel="re-training epochs" if key == "fig11" else None)
-        elif key in SEED_FIGURES:
-            plot_seed_curves(data[key], ax=ax, legend=False)
-        elif key == "fig10":
-            plot_sorted_scores(data[key], ax=ax, legend=True)
-        else:
-            raise ValueError(f"fig_id={fig_id!r} is not valid; allowed values: "
-                             f"{', '.join(sorted([*TIME_FIGURES, *SEED_FIGURES, 'fig10']))}")
-        ax.set_title(f"({letter}) {ds}")
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    for ax in list(axes.flat)[n:]:
-        ax.set_visible(False)
-    bottom = 0.0
-    if handles and key != "fig10":
-        ncol = min(5, len(handles))
-        bottom = (0.3 * -(-len(handles) // ncol) + 0.2) / fig.get_figheight()  # legend rows, in figure units
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol,
-                   bbox_to_anchor=(0.5, 0.0), fontsize="small")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, bottom, 1, 1))
-    return fig
 
 
 def plot_scatter(x, y, xlabel: str, ylabel: str, title: str | None = None, ax=None):
@@ -212,8 +176,14 @@ def plot_scatter(x, y, xlabel: str, ylabel: str, title: str | None = None, ax=No
     return fig
 
 
-def plot_trajectories(times, gold, predictions: Mapping[str, object], labels: Sequence[str], time_unit: str = "step",
-                      title: str | None = None):
+def plot_trajectories(
+    times,
+    gold,
+    predictions: Mapping[str, object],
+    labels: Sequence[str],
+    time_unit: str = "step",
+    title: str | None = None,
+):
     """One panel per training instance: the gold standard tau_i(t) and predictions over time.
 
     ``gold``: (n_evals, n_panels); ``predictions``: {method: (n_evals, n_panels) or (n_panels,)
@@ -231,7 +201,13 @@ def plot_trajectories(times, gold, predictions: Mapping[str, object], labels: Se
             if p.ndim == 1:
                 ax.axhline(p[j], color=st.get("color"), linestyle=":", label=st.get("label", m))
             else:
-                ax.plot(t, p[:, j], color=st.get("color"), linestyle=st.get("linestyle", "-"), label=st.get("label", m))
+                ax.plot(
+                    t,
+                    p[:, j],
+                    color=st.get("color"),
+                    linestyle=st.get("linestyle", "-"),
+                    label=st.get("label", m),
+                )
         ax.set_title(labels[j])
         ax.set_xlabel(time_label(time_unit))
         ax.set_xscale("symlog", linthresh=1.0)
@@ -243,8 +219,14 @@ def plot_trajectories(times, gold, predictions: Mapping[str, object], labels: Se
     return fig
 
 
-def plot_image_table(query_images, query_titles: Sequence[str], rows: Sequence[Sequence[tuple[object, str]]],
-                     title: str | None = None, mean=None, std=None):
+def plot_image_table(
+    query_images,
+    query_titles: Sequence[str],
+    rows: Sequence[Sequence[tuple[object, str]]],
+    title: str | None = None,
+    mean=None,
+    std=None,
+):
     """Table 2 for images: one row per query: the query image, then its most helpful and most
     harmful training images, each titled (e.g. with tau and each method's rank).
 
@@ -253,17 +235,28 @@ def plot_image_table(query_images, query_titles: Sequence[str], rows: Sequence[S
     """
     n_q = len(query_titles)
     n_c = 1 + max(len(r) for r in rows)
-    n_lines = max([t.count("\n") + 1 for r in rows for _, t in r] + [t.count("\n") + 1 for t in query_titles])
-    fig, axes = plt.subplots(n_q, n_c, figsize=(1.9 * n_c, n_q * (1.9 + 0.13 * n_lines)), squeeze=False,
-                             layout="constrained")
+    n_lines = max(
+        [t.count("\n") + 1 for r in rows for _, t in r] + [t.count("\n") + 1 for t in query_titles]
+    )
+    fig, axes = plt.subplots(
+        n_q,
+        n_c,
+        figsize=(1.9 * n_c, n_q * (1.9 + 0.13 * n_lines)),
+        squeeze=False,
+        layout="constrained",
+    )
 
     def show(ax, img, text):
         x = torch.as_tensor(img).double()
         if mean is not None and std is not None:
-            x = x * torch.as_tensor(std).double().view(-1, 1, 1) + torch.as_tensor(mean).double().view(-1, 1, 1)
+            x = x * torch.as_tensor(std).double().view(-1, 1, 1) + torch.as_tensor(
+                mean
+            ).double().view(-1, 1, 1)
         x = x.clamp(0, 1) if mean is not None else (x - x.min()) / (x.max() - x.min() + 1e-12)
         arr = x.permute(1, 2, 0).numpy()
-        ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray" if arr.shape[-1] == 1 else None)
+        ax.imshow(
+            arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray" if arr.shape[-1] == 1 else None
+        )
         ax.set_title(text, fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])

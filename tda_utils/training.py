@@ -1,7 +1,7 @@
 """Training the final model and evaluating it.
 
 Public: ``epoch_orders``, ``batch_slices``, ``make_optimizer``, ``train_model``, ``evaluate``,
-``per_sample_losses``, ``model_key``, ``fit_linear_exact``, ``DivergenceError``,
+``model_key``, ``fit_linear_exact``, ``DivergenceError``,
 ``divergence_message``.
 
 Batch order (design.md §6): seed s makes ``torch.Generator().manual_seed(s)`` and each epoch's
@@ -61,19 +61,6 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-
-
-@torch.no_grad()
-def per_sample_losses(model: nn.Module, dataset, task: str, indices=None, batch_size: int = 1024) -> torch.Tensor:
-    """Per-sample losses of ``model`` (eval mode) on ``dataset``, shape (n,)."""
-    inputs, target = dataset_tensors(dataset, indices)
-    was = model.training
-    model.eval()
-    out = []
-    for sl in batch_slices(target.shape[0], batch_size):
-        out.append(per_sample_loss(model(*(x[sl] for x in inputs)), target[sl], task))
-    model.train(was)
-    return torch.cat(out)
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -1,4 +1,5 @@
 """Agreement metrics on hand-computed examples."""
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,9 @@ def test_spearman_with_ties_matches_scipy_and_constants_are_nan():
     b[1, :3] = b[1, 3]
     got = spearman_rows(a, b)
     for q in range(6):
-        assert got[q].item() == pytest.approx(spearmanr(a[q].numpy(), b[q].numpy()).statistic, abs=1e-12)
+        assert got[q].item() == pytest.approx(
+            spearmanr(a[q].numpy(), b[q].numpy()).statistic, abs=1e-12
+        )
     assert rank_rows(torch.tensor([[3.0, 1.0, 3.0, 2.0]])).tolist() == [[3.5, 1.0, 3.5, 2.0]]
     assert math.isnan(spearman_rows(torch.ones(1, 5), torch.arange(5.0)[None])[0].item())
     c = tu.agreement(torch.stack([a, torch.ones_like(a)]), b, "spearman")  # second time: constant
@@ -45,7 +48,9 @@ def test_agreement_accepts_time_resolved_scores_and_checks_shapes():
     torch.testing.assert_close(cosine_rows(tau, -tau), -torch.ones(4, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="query-major"):
         tu.agreement(tau, torch.randn(5, 3))
-    with pytest.raises(ValueError, match="metric='pearson' is not valid; allowed values: 'cosine', 'spearman'"):
+    with pytest.raises(
+        ValueError, match="metric='pearson' is not valid; allowed values: 'cosine', 'spearman'"
+    ):
         tu.agreement(tau, tau[0], metric="pearson")
 
 

@@ -23,17 +23,41 @@ Adding a method: write a module with a frozen options dataclass (subclass ``Base
 returning ``(values, diagnostics)``, then add one ``MethodSpec`` to the table below (its
 position is its place in the paper's order, figures and tables).
 """
+
 from __future__ import annotations
 
 from .common import BaseOptions, DampedOptions
 from .datainf import DataInfOptions, datainf
 from .ekfac import EkfacOptions, ekfac
 from .first_order import FirstOrderOptions, grad_cos, grad_dot
-from .influence import (LISSA_SCALE_GRID, MAX_EXPLICIT_PARAMS, CGOptions, ExplicitOptions, LissaHOptions,
-                        LissaOptions, cg, if_explicit, lissa, lissa_h)
-from .registry import (DAMPING_KINDS, FAMILIES, METHODS, AttributionScores, MethodSpec, PeakMemory, attribute,
-                       make_options, method_options, method_order, method_style, methods_in_family,
-                       register_method, scalable_methods)
+from .influence import (
+    LISSA_SCALE_GRID,
+    MAX_EXPLICIT_PARAMS,
+    CGOptions,
+    ExplicitOptions,
+    LissaHOptions,
+    LissaOptions,
+    cg,
+    if_explicit,
+    lissa,
+    lissa_h,
+)
+from .registry import (
+    DAMPING_KINDS,
+    FAMILIES,
+    METHODS,
+    AttributionScores,
+    MethodSpec,
+    PeakMemory,
+    attribute,
+    make_options,
+    method_options,
+    method_order,
+    method_style,
+    methods_in_family,
+    register_method,
+    scalable_methods,
+)
 from .trak import SKETCH_ABOVE, TrakOptions, trak
 from .unified import IfTimeOptions, gd_weight, if_time
 
@@ -48,19 +72,69 @@ for _spec in (
     MethodSpec("lissa_h", lissa_h, LissaHOptions, "LiSSA-H", "C5", "influence", damping="lambda0"),
     MethodSpec("ekfac", ekfac, EkfacOptions, "EK-FAC", "C6", "influence", damping="lambda0"),
     MethodSpec("trak", trak, TrakOptions, "TRAK", "C7", "influence", damping="features"),
-    MethodSpec("if_time", if_time, IfTimeOptions, "unified view (IF at time t)", "C8", "unified",
-               damping="lambda0", linestyle="--"),
-    MethodSpec("if_explicit", if_explicit, ExplicitOptions, "IF (explicit Hessian)", "C9", "influence",
-               damping="lambda0", linestyle=":", scalable=False),
+    MethodSpec(
+        "if_time",
+        if_time,
+        IfTimeOptions,
+        "unified view (IF at time t)",
+        "C8",
+        "unified",
+        damping="lambda0",
+        linestyle="--",
+    ),
+    MethodSpec(
+        "if_explicit",
+        if_explicit,
+        ExplicitOptions,
+        "IF (explicit Hessian)",
+        "C9",
+        "influence",
+        damping="lambda0",
+        linestyle=":",
+        scalable=False,
+    ),
 ):
     register_method(_spec)
 del _spec
 
 __all__ = [
-    "AttributionScores", "BaseOptions", "CGOptions", "DAMPING_KINDS", "DampedOptions", "DataInfOptions",
-    "EkfacOptions", "ExplicitOptions", "FAMILIES", "FirstOrderOptions", "IfTimeOptions", "LISSA_SCALE_GRID",
-    "LissaHOptions", "LissaOptions", "MAX_EXPLICIT_PARAMS", "METHODS", "MethodSpec", "PeakMemory",
-    "SKETCH_ABOVE", "TrakOptions", "attribute", "cg", "datainf", "ekfac", "gd_weight", "grad_cos", "grad_dot",
-    "if_explicit", "if_time", "lissa", "lissa_h", "make_options", "method_options", "method_order",
-    "method_style", "methods_in_family", "register_method", "scalable_methods", "trak",
+    "AttributionScores",
+    "BaseOptions",
+    "CGOptions",
+    "DAMPING_KINDS",
+    "DampedOptions",
+    "DataInfOptions",
+    "EkfacOptions",
+    "ExplicitOptions",
+    "FAMILIES",
+    "FirstOrderOptions",
+    "IfTimeOptions",
+    "LISSA_SCALE_GRID",
+    "LissaHOptions",
+    "LissaOptions",
+    "MAX_EXPLICIT_PARAMS",
+    "METHODS",
+    "MethodSpec",
+    "PeakMemory",
+    "SKETCH_ABOVE",
+    "TrakOptions",
+    "attribute",
+    "cg",
+    "datainf",
+    "ekfac",
+    "gd_weight",
+    "grad_cos",
+    "grad_dot",
+    "if_explicit",
+    "if_time",
+    "lissa",
+    "lissa_h",
+    "make_options",
+    "method_options",
+    "method_order",
+    "method_style",
+    "methods_in_family",
+    "register_method",
+    "scalable_methods",
+    "trak",
 ]

@@ -9,6 +9,7 @@ dtype. Every influence-type method has the same skeleton, ``inverse_scores``: pe
 queries, the query gradients G_q (Q, d) are transformed into X (Q, d) (e.g. X ~ (H + lambda I)^{-1}
 G_q), then dotted with the training gradients and divided by n = ``splits.n_train``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -97,25 +98,34 @@ class DampedOptions(BaseOptions):
         if self.damping is not None:
             object.__setattr__(self, "damping_multiple", None)
         elif self.damping_multiple is None:
-            raise ValueError("give damping (absolute) or damping_multiple (x lambda0); both are None")
+            raise ValueError(
+                "give damping (absolute) or damping_multiple (x lambda0); both are None"
+            )
         self.damping_values()  # validates
 
     def damping_values(self) -> tuple[str, list[float]]:
         """("absolute" | "multiple", the validated values as given)."""
-        mode, given, name = (("absolute", self.damping, "damping") if self.damping is not None
-                             else ("multiple", self.damping_multiple, "damping_multiple"))
+        mode, given, name = (
+            ("absolute", self.damping, "damping")
+            if self.damping is not None
+            else ("multiple", self.damping_multiple, "damping_multiple")
+        )
         is_seq = isinstance(given, (list, tuple, range)) or (
-            isinstance(given, (np.ndarray, torch.Tensor)) and given.ndim == 1)
+            isinstance(given, (np.ndarray, torch.Tensor)) and given.ndim == 1
+        )
         values = list(given) if is_seq else [given]
         if len(values) > 1 and not self.DAMPING_LIST:
-            raise ValueError(f"{name} must be a single number for this method (got {len(values)} values)")
+            raise ValueError(
+                f"{name} must be a single number for this method (got {len(values)} values)"
+            )
         if not values:
             raise ValueError(f"{name} is empty")
         return mode, [check_number(name, v, self.DAMPING_ZERO) for v in values]
 
 
-def resolve_damping(opts: DampedOptions, lambda0: Callable[[], float]
-                    ) -> tuple[list[tuple[float, float]], float | None, str]:
+def resolve_damping(
+    opts: DampedOptions, lambda0: Callable[[], float]
+) -> tuple[list[tuple[float, float]], float | None, str]:
     """[(value as given, absolute damping)], lambda0 (None in absolute mode), mode.
 
     ``lambda0()`` is called only for a multiple: the method's reference scale (the mean squared
@@ -162,13 +172,18 @@ class Context:
         return tuple(x[idx] for x in inputs), target[idx]
 
     def _split(self, split: str):
-        return (self.tr_inputs, self.tr_target) if split == "train" else (self.te_inputs, self.te_target)
+        return (
+            (self.tr_inputs, self.tr_target)
+            if split == "train"
+            else (self.te_inputs, self.te_target)
+        )
 
     def grad_chunks(self, split: str, indices=None) -> Iterator[tuple[slice, torch.Tensor]]:
-        """Per-sample loss gradients (chunk, d) of ``split`` rows ``indices`` (None: all), chunked."""
+        """Per-sample loss gradients (chunk, d) of ``split`` rows ``indices`` (None: all)."""
         inputs, target = self._split(split) if indices is None else self.rows(split, indices)
-        yield from iter_per_sample_grads(self.model, inputs, target, self.task,
-                                         memory_budget_mb=self.budget_mb / 2)
+        yield from iter_per_sample_grads(
+            self.model, inputs, target, self.task, memory_budget_mb=self.budget_mb / 2
+        )
 
     def grads(self, split: str, indices=None) -> torch.Tensor:
         """Per-sample loss gradients (len(indices), d)."""
@@ -181,12 +196,16 @@ class Context:
     def hvp_vec_chunk(self, batch_size: int) -> int:
         """Vectors per vmapped HVP on a batch of ``batch_size`` samples within half the budget."""
         acts = activation_numel(self.model, tuple(x[:1] for x in self.tr_inputs))
-        per_vec = self.elem * (HVP_PARAM_COPIES * self.d + HVP_ACTIVATION_COPIES * acts * batch_size)
+        per_vec = self.elem * (
+            HVP_PARAM_COPIES * self.d + HVP_ACTIVATION_COPIES * acts * batch_size
+        )
         return max(1, int(0.5 * self.budget_bytes // per_vec))
 
     def lambda0(self) -> float:
         """The mean squared per-sample training-gradient entry, sum_j ||g_j||^2 / (n d)."""
-        return grad_stats(self.model, self.tr_inputs, self.tr_target, self.task, self.budget_mb / 2)["lambda0"]
+        return grad_stats(
+            self.model, self.tr_inputs, self.tr_target, self.task, self.budget_mb / 2
+        )["lambda0"]
 
 
 def prepare(model: nn.Module, splits: Splits, opts: BaseOptions) -> Context:
@@ -208,11 +227,20 @@ def prepare(model: nn.Module, splits: Splits, opts: BaseOptions) -> Context:
 
     tr_in, tr_t = dataset_tensors(splits.train)
     te_in, te_t = dataset_tensors(splits.test)
-    return Context(model=model, task=splits.task, n=splits.n_train, d=sum(p.numel() for p in params.values()),
-                   k=splits.n_outputs, dtype=ref.dtype, device=dev,
-                   tr_inputs=tuple(cast(x) for x in tr_in), tr_target=cast(tr_t),
-                   te_inputs=tuple(cast(x) for x in te_in), te_target=cast(te_t),
-                   budget_mb=float(opts.memory_budget_mb))
+    return Context(
+        model=model,
+        task=splits.task,
+        n=splits.n_train,
+        d=sum(p.numel() for p in params.values()),
+        k=splits.n_outputs,
+        dtype=ref.dtype,
+        device=dev,
+        tr_inputs=tuple(cast(x) for x in tr_in),
+        tr_target=cast(tr_t),
+        te_inputs=tuple(cast(x) for x in te_in),
+        te_target=cast(te_t),
+        budget_mb=float(opts.memory_budget_mb),
+    )
 
 
 def scores_vs_train(ctx: Context, X: torch.Tensor, train_indices) -> torch.Tensor:
@@ -220,9 +248,13 @@ def scores_vs_train(ctx: Context, X: torch.Tensor, train_indices) -> torch.Tenso
     return torch.cat([X @ g.T for _, g in ctx.grad_chunks("train", train_indices)], dim=1)
 
 
-def inverse_scores(ctx: Context, train_indices, query_indices, copies: int,
-                   transform: Callable[[torch.Tensor], tuple[torch.Tensor, dict]]
-                   ) -> tuple[torch.Tensor, list[dict]]:
+def inverse_scores(
+    ctx: Context,
+    train_indices,
+    query_indices,
+    copies: int,
+    transform: Callable[[torch.Tensor], tuple[torch.Tensor, dict]],
+) -> tuple[torch.Tensor, list[dict]]:
     """The influence skeleton: (1/n) transform(G_q) G_train^T, (Q, T), and each chunk's info.
 
     Queries go in chunks of ``ctx.vec_chunk(copies)`` (``copies``: d-vectors per query that the
@@ -231,14 +263,18 @@ def inverse_scores(ctx: Context, train_indices, query_indices, copies: int,
     qchunk = ctx.vec_chunk(copies)
     vals, infos = [], []
     for s in range(0, len(query_indices), qchunk):
-        X, info = transform(ctx.grads("test", query_indices[s:s + qchunk]))
+        X, info = transform(ctx.grads("test", query_indices[s : s + qchunk]))
         vals.append(scores_vs_train(ctx, X, train_indices) / ctx.n)
         infos.append(info)
     return torch.cat(vals, dim=0), infos
 
 
-def spectral_scores(Gq: torch.Tensor, Gt: torch.Tensor, spec: Spectrum,
-                    weight: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def spectral_scores(
+    Gq: torch.Tensor,
+    Gt: torch.Tensor,
+    spec: Spectrum,
+    weight: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     """g_q^T w(H) g_t for a spectral function w, (..., Q, T).
 
     ``weight(evals)`` maps eigenvalues (r,) to weights (..., r) (extra leading dims allowed, e.g.
@@ -250,7 +286,9 @@ def spectral_scores(Gq: torch.Tensor, Gt: torch.Tensor, spec: Spectrum,
     lead = w.shape[:-1]
     w2 = w.reshape(-1, w.shape[-1])
     step = max(1, int(SPECTRAL_CHUNK_ENTRIES // max(1, Aq.numel())))  # rows of w per matmul
-    out = torch.cat([(Aq[None] * w2[e:e + step, None, :]) @ At.T for e in range(0, w2.shape[0], step)])
+    out = torch.cat(
+        [(Aq[None] * w2[e : e + step, None, :]) @ At.T for e in range(0, w2.shape[0], step)]
+    )
     out = out.reshape(*lead, Aq.shape[0], At.shape[0])
     if spec.complement is not None:
         wc = weight(torch.tensor([spec.complement], dtype=torch.float64, device=Gq.device))[..., 0]
@@ -266,25 +304,36 @@ def check_hessian(hessian: str) -> str:
 
 def jacobian_gnh(ctx: Context, hessian: str, hvp_mode: str) -> JacobianGNH | None:
     """The precomputed-Jacobian GNH when ``hvp_mode`` asks for it (or "auto" and it fits half the
-    memory budget), else None (products by jvp/vjp or jvp-of-grad)."""
+    memory budget), else None (products by jvp/vjp or jvp-of-grad).
+    """
     if hvp_mode == "autodiff":
         return None
     if hessian != "gnh":
         if hvp_mode == "jacobian":
-            raise ValueError("hvp_mode='jacobian' needs hessian='gnh' (the exact Hessian has no such factor); "
-                             "use hvp_mode='autodiff' or 'auto'")
+            raise ValueError(
+                "hvp_mode='jacobian' needs hessian='gnh' (the exact Hessian has no such factor); "
+                "use hvp_mode='autodiff' or 'auto'"
+            )
         return None
     fits = ctx.n * ctx.k * ctx.d * ctx.elem <= ctx.budget_bytes / 2
     if hvp_mode == "auto" and not fits:
         return None
     with math_sdpa():
-        M = sqrt_gnh_jacobian(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, chunk=ctx.vec_chunk(JACOBIAN_COPIES_PER_OUTPUT * ctx.k))
+        M = sqrt_gnh_jacobian(
+            ctx.model,
+            ctx.tr_inputs,
+            ctx.tr_target,
+            ctx.task,
+            chunk=ctx.vec_chunk(JACOBIAN_COPIES_PER_OUTPUT * ctx.k),
+        )
     return JacobianGNH(M, ctx.n)
 
 
 def check_explicit_size(method: str, d: int, max_params: int, alternatives: str) -> None:
     """Refuse a model with more than ``max_params`` parameters for an explicit-Hessian method."""
     if d > max_params:
-        raise ValueError(f"{method} forms the Hessian explicitly and refuses a model with {d:,} trainable "
-                         f"parameters (max_params={max_params:,}). Use a scalable method instead: "
-                         f"{alternatives}, or raise max_params.")
+        raise ValueError(
+            f"{method} forms the Hessian explicitly and refuses a model with {d:,} trainable "
+            f"parameters (max_params={max_params:,}). Use a scalable method instead: "
+            f"{alternatives}, or raise max_params."
+        )

@@ -2,6 +2,7 @@
 
 Public: ``DataInfOptions``, ``datainf``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,8 +64,10 @@ def datainf(model, splits, train_indices, query_indices, opts: DataInfOptions):
     lam = {name: sq[name] / (m * (b - a)) / opts.c for name, (a, b) in offsets.items()}
     if any(v <= 0 for v in lam.values()):
         zero = [k for k, v in lam.items() if v <= 0]
-        raise ValueError(f"datainf: the parameter tensors {zero} have zero gradients on every Hessian sample, "
-                         f"so lambda_l = 0; freeze them (requires_grad=False)")
+        raise ValueError(
+            f"datainf: the parameter tensors {zero} have zero gradients on every Hessian sample, "
+            f"so lambda_l = 0; freeze them (requires_grad=False)"
+        )
 
     def v_hat(V: torch.Tensor):
         Vl = {name: V[:, a:b].contiguous() for name, (a, b) in offsets.items()}

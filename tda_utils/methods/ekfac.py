@@ -2,6 +2,7 @@
 
 Public: ``EkfacOptions``, ``ekfac``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,19 +32,31 @@ def _usable_layers(ctx):
     """(layers, ignored parameter names, skipped layers, unhooked layers) of the model."""
     layers, ignored, skipped = kfac.kfac_layers(ctx.model)
     if not layers:
-        raise ValueError("ekfac found no supported nn.Linear / nn.Conv2d layer with a trainable weight "
-                         f"(skipped: {skipped}); use cg, lissa, datainf or trak")
-    unhooked = kfac.unhooked_layers(ctx.model, layers, tuple(x[:HOOK_CHECK_SAMPLES] for x in ctx.tr_inputs),
-                                    ctx.tr_target[:HOOK_CHECK_SAMPLES], ctx.task)
+        raise ValueError(
+            "ekfac found no supported nn.Linear / nn.Conv2d layer with a trainable weight "
+            f"(skipped: {skipped}); use cg, lissa, datainf or trak"
+        )
+    unhooked = kfac.unhooked_layers(
+        ctx.model,
+        layers,
+        tuple(x[:HOOK_CHECK_SAMPLES] for x in ctx.tr_inputs),
+        ctx.tr_target[:HOOK_CHECK_SAMPLES],
+        ctx.task,
+    )
     if unhooked:
-        warnings.warn(f"ekfac: layers {unhooked} use their weights outside their module's forward (hooks cannot "
-                      "see those uses); they are ignored like other unsupported parameters (for bert_classifier "
-                      "use last_block='cls_kv' or 'full' to include them)", stacklevel=3)
+        warnings.warn(
+            f"ekfac: layers {unhooked} use their weights outside their module's forward (hooks "
+            "cannot see those uses); they are ignored like other unsupported parameters (for "
+            "bert_classifier use last_block='cls_kv' or 'full' to include them)",
+            stacklevel=3,
+        )
         dropped = [ly for ly in layers if ly.module_name in unhooked]
         layers = [ly for ly in layers if ly.module_name not in unhooked]
         ignored = ignored + [name for ly in dropped for name in (ly.weight, ly.bias) if name]
         if not layers:
-            raise ValueError("ekfac: no layer left whose weights are used only through its module's forward")
+            raise ValueError(
+                "ekfac: no layer left whose weights are used only through its module's forward"
+            )
     return layers, ignored, skipped, unhooked
 
 
@@ -64,23 +77,42 @@ def ekfac(model, splits, train_indices, query_indices, opts: EkfacOptions):
     damps, lam0, mode = resolve_damping(opts, ctx.lambda0)
     lam = damps[0][1]
     acts = activation_numel(ctx.model, tuple(x[:1] for x in ctx.tr_inputs))
-    per_sample = F64_BYTES * (EKFAC_PARAM_COPIES * ctx.d + EKFAC_ACTIVATION_COPIES * acts * max(ctx.k, 1))
+    per_sample = F64_BYTES * (
+        EKFAC_PARAM_COPIES * ctx.d + EKFAC_ACTIVATION_COPIES * acts * max(ctx.k, 1)
+    )
     chunk = min(EKFAC_MAX_CHUNK, max(1, int(0.5 * ctx.budget_bytes // per_sample)))
-    kfac.fit_ekfac(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, chunk=chunk, layers=layers,
-                   check_hooks=False)  # unhooked layers were dropped above
+    kfac.fit_ekfac(
+        ctx.model,
+        ctx.tr_inputs,
+        ctx.tr_target,
+        ctx.task,
+        chunk=chunk,
+        layers=layers,
+        check_hooks=False,
+    )  # unhooked layers were dropped above
 
     def rotated(split: str, indices) -> Iterator[list[torch.Tensor]]:
         for c in range(0, len(indices), chunk):
-            inputs, target = ctx.rows(split, indices[c:c + chunk])
+            inputs, target = ctx.rows(split, indices[c : c + chunk])
             yield kfac.rotated_loss_grads(ctx.model, layers, inputs, target, ctx.task)
 
     qchunk = max(1, min(len(query_indices), int(0.25 * ctx.budget_bytes // (F64_BYTES * ctx.d))))
     vals = []
     for s in range(0, len(query_indices), qchunk):
-        q_rot = [torch.cat(parts) for parts in zip(*rotated("test", query_indices[s:s + qchunk]))]
-        cols = [kfac.ekfac_inverse_scores(q_rot, t_rot, layers, lam) for t_rot in rotated("train", train_indices)]
+        q_rot = [torch.cat(parts) for parts in zip(*rotated("test", query_indices[s : s + qchunk]))]
+        cols = [
+            kfac.ekfac_inverse_scores(q_rot, t_rot, layers, lam)
+            for t_rot in rotated("train", train_indices)
+        ]
         vals.append(torch.cat(cols, dim=1) / ctx.n)
-    diag = {"lambda0": lam0, "damping": lam, "damping_mode": mode, "layers": [ly.module_name for ly in layers],
-            "ignored_params": ignored, "skipped_layers": skipped, "unhooked_layers": unhooked,
-            "min_corrected_eigenvalue": min(float(ly.evals.min()) for ly in layers)}
+    diag = {
+        "lambda0": lam0,
+        "damping": lam,
+        "damping_mode": mode,
+        "layers": [ly.module_name for ly in layers],
+        "ignored_params": ignored,
+        "skipped_layers": skipped,
+        "unhooked_layers": unhooked,
+        "min_corrected_eigenvalue": min(float(ly.evals.min()) for ly in layers),
+    }
     return torch.cat(vals, dim=0).to(ctx.dtype), diag

@@ -5,6 +5,7 @@ Public: ``FirstOrderOptions``, ``grad_dot``, ``grad_cos``.
 Scores are reported unscaled: t small steps of size eta give tau_i ~ (eta t / n) g_q . g_i, and
 that factor is irrelevant to cosine and Spearman agreement.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -9,6 +9,7 @@ first-order change f(theta_{-i}) - f(theta) when i is removed from the mean trai
 (``"gnh"``) of the mean loss over the full training set; lambda = ``damping_multiple`` x lambda0
 (the mean squared per-sample gradient entry) or an absolute ``damping``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,10 +19,30 @@ from typing import Any
 import torch
 
 from ..config import check_choice
-from ..hessian import (LissaDiverged, batch_hvp, batched_cg, dataset_hvp, explicit_hessian, full_spectrum,
-                       gnh_spectrum, lissa as lissa_solve, lissa_gnh_subspace, math_sdpa)
-from .common import (EIGH_MAX_PARAMS, HVP_MODES, JACOBIAN_COPIES_PER_OUTPUT, DampedOptions, check_explicit_size, check_hessian, check_int,
-                     check_number, inverse_scores, jacobian_gnh, prepare, resolve_damping, spectral_scores)
+from ..hessian import (
+    batch_hvp,
+    dataset_hvp,
+    explicit_hessian,
+    full_spectrum,
+    gnh_spectrum,
+    math_sdpa,
+)
+from ..solvers import LissaDiverged, batched_cg, lissa as lissa_solve, lissa_gnh_subspace
+from .common import (
+    EIGH_MAX_PARAMS,
+    HVP_MODES,
+    JACOBIAN_COPIES_PER_OUTPUT,
+    DampedOptions,
+    check_explicit_size,
+    check_hessian,
+    check_int,
+    check_number,
+    inverse_scores,
+    jacobian_gnh,
+    prepare,
+    resolve_damping,
+    spectral_scores,
+)
 from .registry import scalable_methods
 
 #: the largest model ``if_explicit`` accepts by default
@@ -34,7 +55,7 @@ CG_COPIES, LISSA_COPIES = 8, 6
 
 @dataclasses.dataclass(frozen=True)
 class ExplicitOptions(DampedOptions):
-    """Options of ``if_explicit`` (see its docstring); ``damping`` / ``damping_multiple`` may be lists."""
+    """Options of ``if_explicit`` (see its docstring); the damping may be a list."""
 
     DAMPING_LIST = True
 
@@ -120,29 +141,58 @@ def if_explicit(model, splits, train_indices, query_indices, opts: ExplicitOptio
     Refuses models with more than ``max_params`` parameters.
     """
     ctx = prepare(model, splits, opts)
-    check_explicit_size("if_explicit", ctx.d, opts.max_params,
-                        ", ".join(scalable_methods()) + " (or if_time for time-resolved influence)")
+    check_explicit_size(
+        "if_explicit",
+        ctx.d,
+        opts.max_params,
+        ", ".join(scalable_methods()) + " (or if_time for time-resolved influence)",
+    )
     damps, lam0, mode = resolve_damping(opts, ctx.lambda0)
     Gq = ctx.grads("test", query_indices)
     Gt = ctx.grads("train", train_indices)
-    diag: dict[str, Any] = {"lambda0": lam0, "damping_mode": mode, "hessian": opts.hessian, "n_params": ctx.d}
+    diag: dict[str, Any] = {
+        "lambda0": lam0,
+        "damping_mode": mode,
+        "hessian": opts.hessian,
+        "n_params": ctx.d,
+    }
     by_damp = {}
     if opts.hessian == "gnh":
-        spec = gnh_spectrum(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task,
-                            chunk=ctx.vec_chunk(JACOBIAN_COPIES_PER_OUTPUT * max(ctx.k, 1)))
+        spec = gnh_spectrum(
+            ctx.model,
+            ctx.tr_inputs,
+            ctx.tr_target,
+            ctx.task,
+            chunk=ctx.vec_chunk(JACOBIAN_COPIES_PER_OUTPUT * max(ctx.k, 1)),
+        )
         diag.update(route=spec.source, rank=spec.rank)
         for key, lam in damps:
             by_damp[key] = spectral_scores(Gq, Gt, spec, lambda e, lam=lam: 1.0 / (e + lam)) / ctx.n
     else:
         with math_sdpa():
-            H = explicit_hessian(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, "exact", opts.hvp_batch_size,
-                                 col_chunk=min(ctx.d, ctx.hvp_vec_chunk(opts.hvp_batch_size))).to(torch.float64)
-        use_eigh = opts.solver == "eigh" or (opts.solver == "auto" and (len(damps) > 1 or ctx.d <= EIGH_MAX_PARAMS))
+            H = explicit_hessian(
+                ctx.model,
+                ctx.tr_inputs,
+                ctx.tr_target,
+                ctx.task,
+                "exact",
+                opts.hvp_batch_size,
+                col_chunk=min(ctx.d, ctx.hvp_vec_chunk(opts.hvp_batch_size)),
+            ).to(torch.float64)
+        use_eigh = opts.solver == "eigh" or (
+            opts.solver == "auto" and (len(damps) > 1 or ctx.d <= EIGH_MAX_PARAMS)
+        )
         if use_eigh:
             spec = full_spectrum(H)
-            diag.update(route="eigh", min_eigenvalue=float(spec.evals[0]), max_eigenvalue=float(spec.evals[-1]))
+            diag.update(
+                route="eigh",
+                min_eigenvalue=float(spec.evals[0]),
+                max_eigenvalue=float(spec.evals[-1]),
+            )
             for key, lam in damps:
-                by_damp[key] = spectral_scores(Gq, Gt, spec, lambda e, lam=lam: 1.0 / (e + lam)) / ctx.n
+                by_damp[key] = (
+                    spectral_scores(Gq, Gt, spec, lambda e, lam=lam: 1.0 / (e + lam)) / ctx.n
+                )
         else:
             diag["route"] = "solve"
             rhs = Gq.to(torch.float64).T
@@ -179,19 +229,43 @@ def cg(model, splits, train_indices, query_indices, opts: CGOptions):
     if jac is not None:
         hvp = jac.matvec
     else:
-        hvp = dataset_hvp(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, opts.hessian, opts.hvp_batch_size,
-                          vec_chunk=ctx.hvp_vec_chunk(opts.hvp_batch_size))
-    values, infos = inverse_scores(ctx, train_indices, query_indices, CG_COPIES,
-                                   lambda Gq: batched_cg(hvp, Gq, lam, opts.tol, opts.max_iter))
+        hvp = dataset_hvp(
+            ctx.model,
+            ctx.tr_inputs,
+            ctx.tr_target,
+            ctx.task,
+            opts.hessian,
+            opts.hvp_batch_size,
+            vec_chunk=ctx.hvp_vec_chunk(opts.hvp_batch_size),
+        )
+    values, infos = inverse_scores(
+        ctx,
+        train_indices,
+        query_indices,
+        CG_COPIES,
+        lambda Gq: batched_cg(hvp, Gq, lam, opts.tol, opts.max_iter),
+    )
     diag = {key: torch.cat([i[key] for i in infos]) for key in infos[0]}
-    diag.update(lambda0=lam0, damping=lam, damping_mode=mode, hessian=opts.hessian, tol=opts.tol,
-                max_iter=opts.max_iter, hvp_mode="jacobian" if jac is not None else "autodiff")
+    diag.update(
+        lambda0=lam0,
+        damping=lam,
+        damping_mode=mode,
+        hessian=opts.hessian,
+        tol=opts.tol,
+        max_iter=opts.max_iter,
+        hvp_mode="jacobian" if jac is not None else "autodiff",
+    )
     n_bad = int((~diag["converged"]).sum())
     if n_bad:
-        indefinite = "; the damped Hessian is indefinite for some" if bool(diag["indefinite"].any()) else ""
-        warnings.warn(f"cg: {n_bad} of {len(query_indices)} queries did not reach tol={opts.tol} within "
-                      f"max_iter={opts.max_iter} (max relative residual {float(diag['residuals'].max()):.2e}"
-                      f"{indefinite})", stacklevel=2)
+        indefinite = (
+            "; the damped Hessian is indefinite for some" if bool(diag["indefinite"].any()) else ""
+        )
+        warnings.warn(
+            f"cg: {n_bad} of {len(query_indices)} queries did not reach tol={opts.tol} within "
+            f"max_iter={opts.max_iter} (max relative residual {float(diag['residuals'].max()):.2e}"
+            f"{indefinite})",
+            stacklevel=2,
+        )
     return values, diag
 
 
@@ -204,8 +278,14 @@ def _lissa_fixed_scale(model, splits, train_indices, query_indices, opts: LissaO
 
     def batch_matvec(idx: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         idx = idx.to(ctx.device)
-        hv = batch_hvp(ctx.model, tuple(x[idx] for x in ctx.tr_inputs), ctx.tr_target[idx], ctx.task, opts.hessian)
-        return torch.cat([hv(V[c:c + vchunk]) for c in range(0, V.shape[0], vchunk)], dim=0)
+        hv = batch_hvp(
+            ctx.model,
+            tuple(x[idx] for x in ctx.tr_inputs),
+            ctx.tr_target[idx],
+            ctx.task,
+            opts.hessian,
+        )
+        return torch.cat([hv(V[c : c + vchunk]) for c in range(0, V.shape[0], vchunk)], dim=0)
 
     def solve(Gq: torch.Tensor):
         gen = torch.Generator().manual_seed(opts.seed)  # same batches for every query chunk
@@ -215,10 +295,19 @@ def _lissa_fixed_scale(model, splits, train_indices, query_indices, opts: LissaO
         return lissa_solve(batch_matvec, Gq, ctx.n, lam, *args)
 
     values, infos = inverse_scores(ctx, train_indices, query_indices, LISSA_COPIES, solve)
-    diag = {"lambda0": lam0, "damping": lam, "damping_mode": mode, "hessian": opts.hessian, "depth": opts.depth,
-            "scale": opts.scale, "batch_size": opts.batch_size, "repeat": opts.repeat, "seed": opts.seed,
-            "estimate_norms": torch.cat([i["estimate_norms"] for i in infos], dim=1),
-            "hvp_mode": "jacobian" if jac is not None else "autodiff"}
+    diag = {
+        "lambda0": lam0,
+        "damping": lam,
+        "damping_mode": mode,
+        "hessian": opts.hessian,
+        "depth": opts.depth,
+        "scale": opts.scale,
+        "batch_size": opts.batch_size,
+        "repeat": opts.repeat,
+        "seed": opts.seed,
+        "estimate_norms": torch.cat([i["estimate_norms"] for i in infos], dim=1),
+        "hvp_mode": "jacobian" if jac is not None else "autodiff",
+    }
     return values, diag
 
 
@@ -240,14 +329,23 @@ def lissa(model, splits, train_indices, query_indices, opts: LissaOptions):
     tried = []
     for candidate in LISSA_SCALE_GRID:
         try:
-            values, diag = _lissa_fixed_scale(model, splits, train_indices, query_indices,
-                                              dataclasses.replace(opts, scale=float(candidate)))
+            values, diag = _lissa_fixed_scale(
+                model,
+                splits,
+                train_indices,
+                query_indices,
+                dataclasses.replace(opts, scale=float(candidate)),
+            )
         except LissaDiverged:
             tried.append(candidate)
             continue
-        diag.update(scale_mode="auto: smallest converging value of the paper's grid", scales_diverged=tried)
+        diag.update(
+            scale_mode="auto: smallest converging value of the paper's grid", scales_diverged=tried
+        )
         return values, diag
-    raise LissaDiverged(f"LiSSA diverged for every scale in {LISSA_SCALE_GRID}; increase the damping")
+    raise LissaDiverged(
+        f"LiSSA diverged for every scale in {LISSA_SCALE_GRID}; increase the damping"
+    )
 
 
 def lissa_h(model, splits, train_indices, query_indices, opts: LissaHOptions):

@@ -9,6 +9,7 @@ order (registration order), label, colour and line style (figures and tables), f
 curves the cross-dataset summary compares), damping kind (which methods ``run_methods`` hands
 ``damping_multiple``) and options dataclass (defaults, validation, ``method_options``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,7 +68,9 @@ class MethodSpec:
         check_choice("family", self.family, FAMILIES)
         check_choice("damping", self.damping, DAMPING_KINDS)
         if not (dataclasses.is_dataclass(self.options) and isinstance(self.options, type)):
-            raise ValueError(f"options of method {self.name!r} must be a dataclass type, got {self.options!r}")
+            raise ValueError(
+                f"options of method {self.name!r} must be a dataclass type, got {self.options!r}"
+            )
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -87,7 +90,7 @@ def _spec(method: str) -> MethodSpec:
 
 
 def method_options(method: str) -> dict[str, Any]:
-    """{option: default} of a registered method, e.g. ``method_options("cg")["damping_multiple"]``."""
+    """{option: default} of a registered method (``method_options("cg")["damping_multiple"]``)."""
     return {f.name: f.default for f in dataclasses.fields(_spec(method).options)}
 
 
@@ -102,8 +105,10 @@ def make_options(method: str, options: dict[str, Any]):
     allowed = method_options(method)
     unknown = [k for k in options if k not in allowed]
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for method {method!r}; allowed options: "
-                         f"{', '.join(allowed)}")
+        raise ValueError(
+            f"unknown option(s) {unknown} for method {method!r}; allowed options: "
+            f"{', '.join(allowed)}"
+        )
     if options.get("damping") is not None and options.get("damping_multiple") is not None:
         raise ValueError("give either damping (absolute) or damping_multiple (x lambda0), not both")
     return spec.options(**options)
@@ -193,8 +198,15 @@ class PeakMemory:
         self.peak_mb = (self._peak - self._base) / 2**20
 
 
-def attribute(method: str, model: nn.Module, splits: Splits, train_indices: Sequence[int] | None = None,
-              query_indices: Sequence[int] | None = None, device="auto", **options: Any) -> AttributionScores:
+def attribute(
+    method: str,
+    model: nn.Module,
+    splits: Splits,
+    train_indices: Sequence[int] | None = None,
+    query_indices: Sequence[int] | None = None,
+    device: str = "auto",
+    **options: Any,
+) -> AttributionScores:
     """Score test ``query_indices`` x ``train_indices`` with a registered ``method``.
 
     Args:
@@ -214,25 +226,42 @@ def attribute(method: str, model: nn.Module, splits: Splits, train_indices: Sequ
         ValueError: an unknown method or option, or an invalid value.
     """
     opts = make_options(method, options)
-    train_idx = check_indices("train_indices", range(splits.n_train) if train_indices is None else train_indices,
-                              splits.n_train)
-    query_idx = check_indices("query_indices", range(splits.n_test) if query_indices is None else query_indices,
-                              splits.n_test)
+    train_idx = check_indices(
+        "train_indices",
+        range(splits.n_train) if train_indices is None else train_indices,
+        splits.n_train,
+    )
+    query_idx = check_indices(
+        "query_indices",
+        range(splits.n_test) if query_indices is None else query_indices,
+        splits.n_test,
+    )
     dev = resolve_device(device)
     was, home = model.training, next(model.parameters()).device
     model.to(dev).eval()
     start = time.perf_counter()
     try:
         with PeakMemory() as mem:
-            values, diag = METHODS[method].function(model, splits, list(train_idx), list(query_idx), opts)
+            values, diag = METHODS[method].function(
+                model, splits, list(train_idx), list(query_idx), opts
+            )
     finally:
         model.to(home).train(was)
     diag = to_cpu(diag)
     wall = time.perf_counter() - start
     values = values.detach().cpu()
     if values.shape != (len(query_idx), len(train_idx)):
-        raise RuntimeError(f"method {method} returned shape {tuple(values.shape)}, expected "
-                           f"{(len(query_idx), len(train_idx))}")
-    return AttributionScores(method=method, values=values, train_indices=train_idx, query_indices=query_idx,
-                             config=dict(options), diagnostics=diag, wall_time=wall,
-                             peak_memory_mb=mem.peak_mb)
+        raise RuntimeError(
+            f"method {method} returned shape {tuple(values.shape)}, expected "
+            f"{(len(query_idx), len(train_idx))}"
+        )
+    return AttributionScores(
+        method=method,
+        values=values,
+        train_indices=train_idx,
+        query_indices=query_idx,
+        config=dict(options),
+        diagnostics=diag,
+        wall_time=wall,
+        peak_memory_mb=mem.peak_mb,
+    )

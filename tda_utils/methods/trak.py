@@ -2,6 +2,7 @@
 
 Public: ``TrakOptions``, ``trak``, ``SKETCH_ABOVE``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +29,7 @@ TRAK_PARAM_COPIES, TRAK_MAX_CHUNK = 3, 4096
 
 @dataclasses.dataclass(frozen=True)
 class TrakOptions(DampedOptions):
-    """Options of ``trak`` (see its docstring). ``damping_multiple`` multiplies TRAK's own lambda0."""
+    """Options of ``trak`` (see its docstring); ``damping_multiple`` x TRAK's own lambda0."""
 
     damping_multiple: float | None = 0.01
     proj_dim: int = 2048
@@ -45,12 +46,15 @@ class TrakOptions(DampedOptions):
 
 def _output_fn(model: nn.Module, task: str):
     """TRAK's per-sample output function f(params, *inputs, target): the margin
-    log p_y - log(1 - p_y) (classification) or the prediction (regression, k = 1)."""
+    log p_y - log(1 - p_y) (classification) or the prediction (regression, k = 1).
+    """
     state = frozen_state(model)
 
     def f(params, *args):
         *xs, y = args
-        out = functional_call(model, {**params, **state}, tuple(x.unsqueeze(0) for x in xs)).squeeze(0)
+        out = functional_call(
+            model, {**params, **state}, tuple(x.unsqueeze(0) for x in xs)
+        ).squeeze(0)
         if task == "regression":
             return out.reshape(-1)[0]
         mask = torch.arange(out.shape[-1], device=out.device) == y
@@ -63,7 +67,8 @@ def _output_fn(model: nn.Module, task: str):
 
 def _projection_blocks(d: int, p: int, seed: int, dtype, device, block: int = PROJECTION_BLOCK):
     """Gaussian projection P (d, p), entries N(0, 1/p), as row blocks (slice, (rows, p)); the
-    blocks depend only on (d, p, seed) (drawn in float32, then cast to ``dtype``)."""
+    blocks depend only on (d, p, seed) (drawn in float32, then cast to ``dtype``).
+    """
     g = torch.Generator().manual_seed(seed)
     for r in range(0, d, block):
         rows = min(block, d - r)
@@ -95,21 +100,31 @@ def trak(model, splits, train_indices, query_indices, opts: TrakOptions):
     """
     ctx = prepare(model, splits, opts)
     if ctx.task == "regression" and ctx.k != 1:
-        raise ValueError(f"trak needs a single regression output (the prediction); this model has {ctx.k}")
+        raise ValueError(
+            f"trak needs a single regression output (the prediction); this model has {ctx.k}"
+        )
     reweight = ctx.task == "classification" if opts.reweight is None else opts.reweight
     if reweight and ctx.task != "classification":
         raise ValueError("reweight=True (TRAK's Q = diag(1 - p_i)) applies to classification only")
     proj_dim, seed = opts.proj_dim, opts.seed
-    project = opts.projection in ("gaussian", "sketch") or (opts.projection == "auto" and proj_dim < ctx.d)
-    sketch = opts.projection == "sketch" or (opts.projection == "auto" and project and ctx.d * proj_dim > SKETCH_ABOVE)
+    project = opts.projection in ("gaussian", "sketch") or (
+        opts.projection == "auto" and proj_dim < ctx.d
+    )
+    sketch = opts.projection == "sketch" or (
+        opts.projection == "auto" and project and ctx.d * proj_dim > SKETCH_ABOVE
+    )
     p = proj_dim if project else ctx.d
     params = trainable_params(ctx.model)
-    gfn = vmap(grad(_output_fn(ctx.model, ctx.task)), in_dims=(None,) + (0,) * (len(ctx.tr_inputs) + 1))
+    gfn = vmap(
+        grad(_output_fn(ctx.model, ctx.task)), in_dims=(None,) + (0,) * (len(ctx.tr_inputs) + 1)
+    )
     cache_P = project and not sketch and ctx.d * p * ctx.elem <= ctx.budget_bytes / 2
     if sketch:
         gen = torch.Generator().manual_seed(seed)
         buckets = torch.randint(0, p, (ctx.d,), generator=gen).to(ctx.device)
-        signs = (torch.randint(0, 2, (ctx.d,), generator=gen) * 2 - 1).to(device=ctx.device, dtype=ctx.dtype)
+        signs = (torch.randint(0, 2, (ctx.d,), generator=gen) * 2 - 1).to(
+            device=ctx.device, dtype=ctx.dtype
+        )
     P_cached = list(_projection_blocks(ctx.d, p, seed, ctx.dtype, ctx.device)) if cache_P else None
     # samples per chunk: their gradients in a quarter of the budget, or in almost half of it when
     # P is regenerated chunk by chunk (fewer regenerations)
@@ -120,7 +135,7 @@ def trak(model, splits, train_indices, query_indices, opts: TrakOptions):
     def features(split: str, indices) -> Iterator[torch.Tensor]:
         """Projected output gradients phi (chunk, p), float64, chunk by chunk."""
         for s in range(0, len(indices), chunk):
-            inputs, target = ctx.rows(split, indices[s:s + chunk])
+            inputs, target = ctx.rows(split, indices[s : s + chunk])
             with math_sdpa():
                 gd = gfn(params, *inputs, target)
             G = torch.cat([v.reshape(v.shape[0], -1) for v in gd.values()], dim=1)
@@ -129,10 +144,17 @@ def trak(model, splits, train_indices, query_indices, opts: TrakOptions):
                 yield G.to(torch.float64)
                 continue
             if sketch:
-                yield torch.zeros(G.shape[0], p, dtype=G.dtype, device=G.device).index_add_(
-                    1, buckets, G * signs).to(torch.float64)
+                yield (
+                    torch.zeros(G.shape[0], p, dtype=G.dtype, device=G.device)
+                    .index_add_(1, buckets, G * signs)
+                    .to(torch.float64)
+                )
                 continue
-            blocks = P_cached if P_cached is not None else _projection_blocks(ctx.d, p, seed, ctx.dtype, ctx.device)
+            blocks = (
+                P_cached
+                if P_cached is not None
+                else _projection_blocks(ctx.d, p, seed, ctx.dtype, ctx.device)
+            )
             yield sum(G[:, sl] @ Pb for sl, Pb in blocks).to(torch.float64)
 
     pos = {int(i): j for j, i in enumerate(train_indices)}
@@ -141,7 +163,7 @@ def trak(model, splits, train_indices, query_indices, opts: TrakOptions):
     rows = list(range(ctx.n))
     for c, phi in enumerate(features("train", rows)):
         gram += phi.T @ phi
-        for r, i in enumerate(rows[c * chunk:(c + 1) * chunk]):
+        for r, i in enumerate(rows[c * chunk : (c + 1) * chunk]):
             if i in pos:
                 phi_t[pos[i]] = phi[r]
     lam0 = float(torch.diagonal(gram).sum() / (ctx.n * p))
@@ -152,9 +174,16 @@ def trak(model, splits, train_indices, query_indices, opts: TrakOptions):
     phi_q = torch.cat(list(features("test", query_indices)))
     X = torch.cholesky_solve(phi_q.T, Lc) if int(info) == 0 else torch.linalg.solve(K, phi_q.T)
     vals = X.T @ phi_t.T / ctx.n
-    diag = {"lambda0": lam0, "lambda0_kind": "mean squared projected output-gradient entry", "damping": lam,
-            "projection_used": "sketch" if sketch else "gaussian" if project else "none",
-            "damping_mode": mode, "proj_dim": p, "projected": project, "reweight": bool(reweight)}
+    diag = {
+        "lambda0": lam0,
+        "lambda0_kind": "mean squared projected output-gradient entry",
+        "damping": lam,
+        "projection_used": "sketch" if sketch else "gaussian" if project else "none",
+        "damping_mode": mode,
+        "proj_dim": p,
+        "projected": project,
+        "reweight": bool(reweight),
+    }
     if reweight:
         tin, tt = ctx.rows("train", train_indices)
         with torch.no_grad():

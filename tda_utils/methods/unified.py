@@ -2,6 +2,7 @@
 
 Public: ``IfTimeOptions``, ``if_time``, ``gd_weight``, ``LOWRANK_MAX_ROWS``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,17 @@ import torch
 
 from ..config import check_choice
 from ..hessian import dataset_hvp, explicit_hessian, full_spectrum, gnh_spectrum, lanczos, math_sdpa
-from .common import (EIGH_MAX_PARAMS, JACOBIAN_COPIES_PER_OUTPUT, DampedOptions, check_hessian, check_int, check_number, prepare,
-                     resolve_damping, spectral_scores)
+from .common import (
+    EIGH_MAX_PARAMS,
+    JACOBIAN_COPIES_PER_OUTPUT,
+    DampedOptions,
+    check_hessian,
+    check_int,
+    check_number,
+    prepare,
+    resolve_damping,
+    spectral_scores,
+)
 
 #: route "auto" for the GNH: the low-rank route when min(n k, d) is at most this (and the float64
 #: Jacobian fits the memory budget)
@@ -23,11 +33,16 @@ LANCZOS_PER_EIG, LANCZOS_EXTRA = 2, 20
 
 def _check_times(times) -> torch.Tensor:
     if times is None:
-        raise ValueError("times is required: the further-training step counts t, e.g. "
-                         "times=gold.times * steps_per_epoch")
+        raise ValueError(
+            "times is required: the further-training step counts t, e.g. "
+            "times=gold.times * steps_per_epoch"
+        )
     t = torch.as_tensor(times, dtype=torch.float64).reshape(-1).cpu()
     if t.numel() == 0 or not torch.isfinite(t).all() or (t < 0).any() or (t != t.round()).any():
-        raise ValueError(f"times must be a non-empty 1-D array of non-negative integer step counts, got {times!r}")
+        raise ValueError(
+            "times must be a non-empty 1-D array of non-negative integer step counts, "
+            f"got {times!r}"
+        )
     return t
 
 
@@ -59,7 +74,9 @@ class IfTimeOptions(DampedOptions):
         if self.lanczos_iter is not None:
             check_int("lanczos_iter", self.lanczos_iter)
         if self.route == "lowrank" and self.hessian != "gnh":
-            raise ValueError("route='lowrank' is exact for hessian='gnh' only; use route='eigh' or 'lanczos'")
+            raise ValueError(
+                "route='lowrank' is exact for hessian='gnh' only; use route='eigh' or 'lanczos'"
+            )
         super().__post_init__()
 
 
@@ -86,27 +103,57 @@ def _spectrum(ctx, opts: IfTimeOptions):
     if route == "auto":
         if hessian == "gnh":
             fits = ctx.n * ctx.k * ctx.d * 8 <= ctx.budget_bytes
-            route = "lowrank" if min(ctx.n * ctx.k, ctx.d) <= LOWRANK_MAX_ROWS and fits else "lanczos"
+            route = (
+                "lowrank" if min(ctx.n * ctx.k, ctx.d) <= LOWRANK_MAX_ROWS and fits else "lanczos"
+            )
         else:
             route = "eigh" if ctx.d <= EIGH_MAX_PARAMS else "lanczos"
     with math_sdpa():
         if route == "lowrank":
-            return gnh_spectrum(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task,
-                                chunk=ctx.vec_chunk(JACOBIAN_COPIES_PER_OUTPUT * max(ctx.k, 1)))
+            return gnh_spectrum(
+                ctx.model,
+                ctx.tr_inputs,
+                ctx.tr_target,
+                ctx.task,
+                chunk=ctx.vec_chunk(JACOBIAN_COPIES_PER_OUTPUT * max(ctx.k, 1)),
+            )
         if route == "eigh":
-            H = explicit_hessian(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, hessian, opts.hvp_batch_size,
-                                 col_chunk=min(ctx.d, ctx.hvp_vec_chunk(opts.hvp_batch_size)))
+            H = explicit_hessian(
+                ctx.model,
+                ctx.tr_inputs,
+                ctx.tr_target,
+                ctx.task,
+                hessian,
+                opts.hvp_batch_size,
+                col_chunk=min(ctx.d, ctx.hvp_vec_chunk(opts.hvp_batch_size)),
+            )
             return full_spectrum(H.to(torch.float64))
         n_eigs = opts.n_eigs
         m = min(ctx.d, opts.lanczos_iter or LANCZOS_PER_EIG * min(n_eigs, ctx.d) + LANCZOS_EXTRA)
         if (m + 1) * ctx.d * ctx.elem > ctx.budget_bytes:
-            raise ValueError(f"if_time: Lanczos keeps {m + 1} vectors of {ctx.d:,} entries "
-                             f"({(m + 1) * ctx.d * ctx.elem / 2**20:,.0f} MB), over memory_budget_mb="
-                             f"{ctx.budget_mb:g}; lower n_eigs (now {n_eigs}) or raise memory_budget_mb")
-        hvp = dataset_hvp(ctx.model, ctx.tr_inputs, ctx.tr_target, ctx.task, hessian, opts.hvp_batch_size,
-                          vec_chunk=ctx.hvp_vec_chunk(opts.hvp_batch_size))
-        return lanczos(hvp, ctx.d, min(n_eigs, ctx.d), opts.lanczos_iter, dtype=ctx.dtype, device=ctx.device,
-                       seed=opts.seed)
+            raise ValueError(
+                f"if_time: Lanczos keeps {m + 1} vectors of {ctx.d:,} entries "
+                f"({(m + 1) * ctx.d * ctx.elem / 2**20:,.0f} MB), over memory_budget_mb="
+                f"{ctx.budget_mb:g}; lower n_eigs (now {n_eigs}) or raise memory_budget_mb"
+            )
+        hvp = dataset_hvp(
+            ctx.model,
+            ctx.tr_inputs,
+            ctx.tr_target,
+            ctx.task,
+            hessian,
+            opts.hvp_batch_size,
+            vec_chunk=ctx.hvp_vec_chunk(opts.hvp_batch_size),
+        )
+        return lanczos(
+            hvp,
+            ctx.d,
+            min(n_eigs, ctx.d),
+            opts.lanczos_iter,
+            dtype=ctx.dtype,
+            device=ctx.device,
+            seed=opts.seed,
+        )
 
 
 def if_time(model, splits, train_indices, query_indices, opts: IfTimeOptions):
@@ -136,10 +183,20 @@ def if_time(model, splits, train_indices, query_indices, opts: IfTimeOptions):
     Gt = ctx.grads("train", train_indices)
     by_time = spectral_scores(Gq, Gt, spec, lambda e: gd_weight(e + lam, t, lr)) / ctx.n
     h = spec.evals.to(torch.float64) + lam
-    diag = {"lambda0": lam0, "damping": lam, "damping_mode": mode, "hessian": opts.hessian, "route": spec.source,
-            "rank": spec.rank, "times": t, "lr": lr, "values_by_time": by_time.to(ctx.dtype),
-            "n_unstable": int(((lr * h) >= 2).sum() + ((h < 0).sum())),
-            "max_eigenvalue": float(spec.evals.max()), "min_eigenvalue": float(spec.evals.min())}
+    diag = {
+        "lambda0": lam0,
+        "damping": lam,
+        "damping_mode": mode,
+        "hessian": opts.hessian,
+        "route": spec.source,
+        "rank": spec.rank,
+        "times": t,
+        "lr": lr,
+        "values_by_time": by_time.to(ctx.dtype),
+        "n_unstable": int(((lr * h) >= 2).sum() + ((h < 0).sum())),
+        "max_eigenvalue": float(spec.evals.max()),
+        "min_eigenvalue": float(spec.evals.min()),
+    }
     if "ritz_residuals" in spec.info:
         diag["ritz_residuals"] = spec.info["ritz_residuals"]
     return by_time[-1].to(ctx.dtype), diag
