@@ -69,9 +69,15 @@ def notebook_defaults(notebook: str, root: Path | None = None) -> dict[str, Any]
     for cell in nb["cells"]:
         if "parameters" in cell.get("metadata", {}).get("tags", []):
             for node in ast.parse("".join(cell["source"])).body:
-                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                if isinstance(node, ast.Assign):  # name = value
+                    target, value = node.targets[0], node.value
+                elif isinstance(node, ast.AnnAssign) and node.value is not None:  # name: type = value
+                    target, value = node.target, node.value
+                else:
+                    continue
+                if isinstance(target, ast.Name):
                     try:
-                        out[node.targets[0].id] = ast.literal_eval(node.value)
+                        out[target.id] = ast.literal_eval(value)
                     except ValueError:
                         pass
     return out

@@ -87,8 +87,15 @@ class RayExecutor:
             return True
         pkg_root = str(Path(__file__).resolve().parent.parent)  # workers import this tda_utils
         path = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH")) if p)
-        ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": path}})
+        for attempt in range(3):  # on an overloaded machine the raylet can miss Ray's 30 s start window
+            try:
+                ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                         runtime_env={"env_vars": {"PYTHONPATH": path}})
+                break
+            except Exception as exc:  # Ray raises a bare Exception("... timed out during startup ...")
+                ray.shutdown()
+                if attempt == 2 or "timed out during startup" not in str(exc):
+                    raise
         atexit.register(ray.shutdown)
         return True
 
