@@ -19,6 +19,7 @@ GPU, large chunks (``--runs-per-chunk`` in the thousands). ``--clock cpu`` times
 process's CPU time instead of the wall clock (CPU only; for a machine shared with other jobs,
 where wall times measure the waiting; use it with ``--threads 1``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,12 +88,22 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--plain-runs", type=int, default=5, help="runs timed with the plain torch.optim loop")
-    parser.add_argument("--runs-per-chunk", type=int, default=None,
-                        help="max_runs_per_chunk of the engine (default: the config's; GPU: try thousands)")
+    parser.add_argument(
+        "--plain-runs", type=int, default=5, help="runs timed with the plain torch.optim loop"
+    )
+    parser.add_argument(
+        "--runs-per-chunk",
+        type=int,
+        default=None,
+        help="max_runs_per_chunk of the engine (default: the config's; GPU: try thousands)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall clock (default) or this process's CPU time (CPU device only)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall clock (default) or this process's CPU time (CPU device only)",
+    )
     args = parser.parse_args()
     global CLOCK
     if args.clock == "cpu":
@@ -102,40 +113,68 @@ def main() -> None:
     dev = resolve_device(args.device)
     if args.clock == "cpu" and dev.type != "cpu":
         parser.error("--clock cpu needs --device cpu")
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
 
     splits = tu.load_dataset("concrete")
     final = tu.build_model("mlp", splits)  # the speed does not depend on the weights
     d, n = n_params(final), splits.n_train
     left_out = list(range(0, 900, 9))
-    extra = {} if args.runs_per_chunk is None else {"max_runs_per_chunk": args.runs_per_chunk,
-                                                    "memory_budget_mb": 1e6}
-    cfg = tu.FurtherTrainingConfig(lr=3e-2, epochs=args.epochs, seeds=range(args.seeds), left_out=left_out, **extra)
+    extra = (
+        {}
+        if args.runs_per_chunk is None
+        else {"max_runs_per_chunk": args.runs_per_chunk, "memory_budget_mb": 1e6}
+    )
+    cfg = tu.FurtherTrainingConfig(
+        lr=3e-2, epochs=args.epochs, seeds=range(args.seeds), left_out=left_out, **extra
+    )
     chunk = min(cfg.max_runs_per_chunk, 101 * args.seeds)
     flop_per_run_epoch = 6 * d * n  # forward 2dn + backward 4dn (LOO runs see n - 1: within 0.1%)
     rate = bmm_flops(dev, max(chunk, 1))
     limit_ms = flop_per_run_epoch / rate * 1e3
     print(f"device: {dev} ({name}); torch {torch.__version__}; clock: {args.clock}")
-    print(f"Concrete MLP: {d} parameters, {n} training samples, batch 128, {args.epochs} epochs; "
-          f"runs per chunk {chunk}")
-    print(f"measured bmm rate (runs x 128x128 blocks): {rate / 1e9:.1f} GFLOP/s -> FLOP-bound limit "
-          f"{limit_ms:.3f} ms per run-epoch")
+    print(
+        f"Concrete MLP: {d} parameters, {n} training samples, batch 128, {args.epochs} epochs; "
+        f"runs per chunk {chunk}"
+    )
+    print(
+        f"measured bmm rate (runs x 128x128 blocks): {rate / 1e9:.1f} GFLOP/s -> FLOP-bound limit "
+        f"{limit_ms:.3f} ms per run-epoch"
+    )
 
-    tu.further_train(final, splits, tu.FurtherTrainingConfig(**{**cfg.__dict__, "seeds": (0,), "epochs": 1}),
-                     cache_dir=None, progress=False, device=dev)  # warm-up
+    tu.further_train(
+        final,
+        splits,
+        tu.FurtherTrainingConfig(**{**cfg.__dict__, "seeds": (0,), "epochs": 1}),
+        cache_dir=None,
+        progress=False,
+        device=dev,
+    )  # warm-up
     start = CLOCK()
     tu.further_train(final, splits, cfg, cache_dir=None, progress=False, device=dev)
     sync(dev)
     vec_ms = (CLOCK() - start) / (101 * args.seeds * args.epochs) * 1e3
-    plain_ms = plain_loop(final, splits, args.plain_runs, args.epochs, 3e-2, dev) / (args.plain_runs * args.epochs) * 1e3
+    plain_ms = (
+        plain_loop(final, splits, args.plain_runs, args.epochs, 3e-2, dev)
+        / (args.plain_runs * args.epochs)
+        * 1e3
+    )
     print(f"{'engine':>12}  {'ms/run-epoch':>12}  {'% of bmm rate':>13}")
     for label, ms in (("vectorized", vec_ms), ("plain loop", plain_ms)):
         print(f"{label:>12}  {ms:12.3f}  {100 * limit_ms / ms:12.0f}%")
     print(f"vectorized / plain loop speed-up: {plain_ms / vec_ms:.1f}x")
-    for label, runs, epochs in (("10 seeds x 101 runs x 300 epochs", 1010, 300),
-                                ("paper Concrete gold standard, 100 seeds x 101 runs x 500 epochs", 10100, 500)):
-        print(f"{label}: vectorized {runs * epochs * vec_ms / 6e4:.1f} min, plain loop "
-              f"{runs * epochs * plain_ms / 6e4:.1f} min, FLOP-bound {runs * epochs * limit_ms / 6e4:.1f} min")
+    for label, runs, epochs in (
+        ("10 seeds x 101 runs x 300 epochs", 1010, 300),
+        ("paper Concrete gold standard, 100 seeds x 101 runs x 500 epochs", 10100, 500),
+    ):
+        print(
+            f"{label}: vectorized {runs * epochs * vec_ms / 6e4:.1f} min, plain loop "
+            f"{runs * epochs * plain_ms / 6e4:.1f} min, "
+            f"FLOP-bound {runs * epochs * limit_ms / 6e4:.1f} min"
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ A task asks for one GPU when the device is CUDA (``device="auto"`` means CUDA wh
 has GPUs). A task that fails is retried ``max_retries`` times; seeds still failing are reported
 in one error naming them, after every other seed has been yielded (and so cached).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -36,7 +37,9 @@ EXECUTORS = ("local", "ray")
 class LocalExecutor:
     """Train every seed in this process, on ``device``."""
 
-    def run(self, engine_cls, args: tuple, device, seeds: Sequence[int], progress: bool) -> Iterator[tuple[int, dict]]:
+    def run(
+        self, engine_cls, args: tuple, device, seeds: Sequence[int], progress: bool
+    ) -> Iterator[tuple[int, dict]]:
         """Yield ``(seed, result)`` for ``seeds`` from ``engine_cls(*args, device=...)``."""
         if not seeds:
             return
@@ -59,10 +62,20 @@ class RayExecutor:
         max_retries: retries of a failed task before its seeds are reported.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, seeds_per_task: int | None = None,
-                 cpus_per_task: float = 1, max_retries: int = 2):
-        if seeds_per_task is not None and (not isinstance(seeds_per_task, int) or seeds_per_task < 1):
-            raise ValueError(f"seeds_per_task={seeds_per_task!r} must be a positive integer or None")
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        seeds_per_task: int | None = None,
+        cpus_per_task: float = 1,
+        max_retries: int = 2,
+    ):
+        if seeds_per_task is not None and (
+            not isinstance(seeds_per_task, int) or seeds_per_task < 1
+        ):
+            raise ValueError(
+                f"seeds_per_task={seeds_per_task!r} must be a positive integer or None"
+            )
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries={max_retries!r} must be an integer >= 0")
         self.address = address
@@ -76,23 +89,36 @@ class RayExecutor:
         try:
             import ray
         except ImportError as exc:  # pragma: no cover - ray is a pinned dependency
-            raise ValueError("executor='ray' needs the ray package (pip install ray==2.60.0)") from exc
+            raise ValueError(
+                "executor='ray' needs the ray package (pip install ray==2.60.0)"
+            ) from exc
         if ray.is_initialized():
             return False
         address = self.address or os.environ.get("RAY_ADDRESS")
         if address:  # ship this tda_utils to the cluster's workers (they need its dependencies)
-            ray.init(address=address, log_to_driver=False,
-                     runtime_env={"py_modules": [str(Path(__file__).resolve().parent)]})
+            ray.init(
+                address=address,
+                log_to_driver=False,
+                runtime_env={"py_modules": [str(Path(__file__).resolve().parent)]},
+            )
             atexit.register(ray.shutdown)
             return True
         pkg_root = str(Path(__file__).resolve().parent.parent)  # workers import this tda_utils
         path = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH")) if p)
-        for attempt in range(3):  # on an overloaded machine the raylet can miss Ray's 30 s start window
+        for attempt in range(
+            3
+        ):  # on an overloaded machine the raylet can miss Ray's 30 s start window
             try:
-                ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                         runtime_env={"env_vars": {"PYTHONPATH": path}})
+                ray.init(
+                    num_cpus=self.num_cpus or os.cpu_count(),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    runtime_env={"env_vars": {"PYTHONPATH": path}},
+                )
                 break
-            except Exception as exc:  # Ray raises a bare Exception("... timed out during startup ...")
+            except (
+                Exception
+            ) as exc:  # Ray raises a bare Exception("... timed out during startup ...")
                 ray.shutdown()
                 if attempt == 2 or "timed out during startup" not in str(exc):
                     raise
@@ -111,10 +137,14 @@ class RayExecutor:
             return "cpu"
         if re.fullmatch(r"cuda(:\d+)?", spec):
             return "cuda"  # Ray gives each task its own GPU, visible to it as cuda:0
-        raise ValueError(f"device={device!r} is not valid; allowed values: 'auto', 'cpu', 'cuda', 'cuda:N'")
+        raise ValueError(
+            f"device={device!r} is not valid; allowed values: 'auto', 'cpu', 'cuda', 'cuda:N'"
+        )
 
-    def run(self, engine_cls, args: tuple, device, seeds: Sequence[int], progress: bool) -> Iterator[tuple[int, dict]]:
-        """Yield ``(seed, result)`` as Ray tasks finish; raise naming the seeds that kept failing."""
+    def run(
+        self, engine_cls, args: tuple, device, seeds: Sequence[int], progress: bool
+    ) -> Iterator[tuple[int, dict]]:
+        """Yield ``(seed, result)`` as Ray tasks finish; raise naming seeds that kept failing."""
         seeds = list(seeds)
         if not seeds:
             return
@@ -125,12 +155,18 @@ class RayExecutor:
         if self.seeds_per_task:
             per_task = self.seeds_per_task
         elif dev == "cuda":  # about two tasks per GPU; each chunks its runs to its GPU's memory
-            per_task = math.ceil(len(seeds) / (2 * max(1, int(ray.cluster_resources().get("GPU", 1)))))
+            per_task = math.ceil(
+                len(seeds) / (2 * max(1, int(ray.cluster_resources().get("GPU", 1))))
+            )
         else:
             per_task = engine_cls(*args, device="cpu").seeds_per_chunk()
-        chunks = [seeds[i:i + per_task] for i in range(0, len(seeds), per_task)]
-        task = ray.remote(_run_chunk).options(num_cpus=self.cpus_per_task, num_gpus=1 if dev == "cuda" else 0,
-                                              max_retries=self.max_retries, retry_exceptions=True)
+        chunks = [seeds[i : i + per_task] for i in range(0, len(seeds), per_task)]
+        task = ray.remote(_run_chunk).options(
+            num_cpus=self.cpus_per_task,
+            num_gpus=1 if dev == "cuda" else 0,
+            max_retries=self.max_retries,
+            retry_exceptions=True,
+        )
         args_ref = ray.put(args)
         pending = {task.remote(engine_cls, args_ref, dev, chunk): chunk for chunk in chunks}
         failed: list[tuple[list[int], BaseException]] = []
@@ -151,9 +187,11 @@ class RayExecutor:
         if failed:
             bad = sorted(s for chunk, _ in failed for s in chunk)
             cause = str(failed[0][1]).strip().splitlines()
-            raise RuntimeError(f"Ray tasks for seeds {bad} failed after {self.max_retries} retries "
-                               f"(first error: {cause[-1] if cause else type(failed[0][1]).__name__}); "
-                               "every other seed is cached: run again to resume")
+            raise RuntimeError(
+                f"Ray tasks for seeds {bad} failed after {self.max_retries} retries "
+                f"(first error: {cause[-1] if cause else type(failed[0][1]).__name__}); "
+                "every other seed is cached: run again to resume"
+            )
 
 
 def get_executor(executor) -> LocalExecutor | RayExecutor:
@@ -165,5 +203,7 @@ def get_executor(executor) -> LocalExecutor | RayExecutor:
             return RayExecutor()
     elif hasattr(executor, "run"):
         return executor
-    raise ValueError(f"executor={executor!r} is not valid; allowed values: 'local', 'ray' "
-                     "(or an executor object such as RayExecutor(address=...))")
+    raise ValueError(
+        f"executor={executor!r} is not valid; allowed values: 'local', 'ray' "
+        "(or an executor object such as RayExecutor(address=...))"
+    )
