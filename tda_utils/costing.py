@@ -12,6 +12,7 @@ the loaders; no data file is read): the vectorized engine itself for MLPs, forwa
 SGD steps of the model for image models, and 6 x parameters x tokens at the measured matmul
 rate for text models. Attribution methods are not included.
 """
+
 from __future__ import annotations
 
 import ast
@@ -51,7 +52,8 @@ NOTEBOOK_DATASET = {"00_unified_view_tutorial": "diabetes"}
 @dataclasses.dataclass
 class RunCost:
     """Cost of one run: further-training runs and steps (summed over runs), final-model steps,
-    and the estimated seconds on ``device`` (None without a probe)."""
+    and the estimated seconds on ``device`` (None without a probe).
+    """
 
     name: str
     ft_runs: int = 0
@@ -69,9 +71,17 @@ def notebook_defaults(notebook: str, root: Path | None = None) -> dict[str, Any]
     for cell in nb["cells"]:
         if "parameters" in cell.get("metadata", {}).get("tags", []):
             for node in ast.parse("".join(cell["source"])).body:
-                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                if isinstance(node, ast.Assign):  # name = value
+                    target, value = node.targets[0], node.value
+                elif (
+                    isinstance(node, ast.AnnAssign) and node.value is not None
+                ):  # name: type = value
+                    target, value = node.target, node.value
+                else:
+                    continue
+                if isinstance(target, ast.Name):
                     try:
-                        out[node.targets[0].id] = ast.literal_eval(node.value)
+                        out[target.id] = ast.literal_eval(value)
                     except ValueError:
                         pass
     return out
@@ -79,7 +89,9 @@ def notebook_defaults(notebook: str, root: Path | None = None) -> dict[str, Any]
 
 def _sizes(dataset: str, p: dict) -> tuple[int, int, tuple[int, ...], int, str]:
     if dataset not in SIZES:
-        raise ValueError(f"dataset={dataset!r} has no documented size; allowed values: {', '.join(SIZES)}")
+        raise ValueError(
+            f"dataset={dataset!r} has no documented size; allowed values: {', '.join(SIZES)}"
+        )
     n, m, shape, k, task = SIZES[dataset]
     opts = p.get("dataset_options") or {}
     n, m = opts.get("n_train") or n, opts.get("n_test") or m
@@ -88,7 +100,9 @@ def _sizes(dataset: str, p: dict) -> tuple[int, int, tuple[int, ...], int, str]:
     return n, m, shape, k, task
 
 
-def _job(cost: RunCost, label: str, runs: int, n: int, batch: int, steps: int, n_evals: int, queries: int) -> None:
+def _job(
+    cost: RunCost, label: str, runs: int, n: int, batch: int, steps: int, n_evals: int, queries: int
+) -> None:
     """Add ``runs`` further-training runs of ``steps`` optimizer steps each."""
     cost.ft_runs += runs
     cost.ft_steps += runs * steps
@@ -107,12 +121,28 @@ def run_cost(notebook: str, dataset: str | None, params: dict, root: Path | None
     if notebook.startswith("00"):
         L = min(p["n_left_out"], n - 1)
         slots = math.ceil(n / p["sgd_batch_size"])
-        _job(cost, "SGD gold", p["n_seeds"] * (1 + L), n, p["sgd_batch_size"], p["sgd_epochs"] * slots,
-             p["sgd_epochs"], p["n_queries"])
+        _job(
+            cost,
+            "SGD gold",
+            p["n_seeds"] * (1 + L),
+            n,
+            p["sgd_batch_size"],
+            p["sgd_epochs"] * slots,
+            p["sgd_epochs"],
+            p["n_queries"],
+        )
         _job(cost, "GD", 1 + L, n, n, max(p["gd_steps"]), len(p["gd_steps"]), p["n_queries"])
         cn, cm = SIZES[p.get("mlp_dataset", "concrete")][:2]
-        _job(cost, "MLP gold", p["mlp_seeds"] * 101, cn, 128, p["mlp_epochs"] * math.ceil(cn / 128),
-             p["mlp_epochs"], cm)
+        _job(
+            cost,
+            "MLP gold",
+            p["mlp_seeds"] * 101,
+            cn,
+            128,
+            p["mlp_epochs"] * math.ceil(cn / 128),
+            p["mlp_epochs"],
+            cm,
+        )
         cost.train_steps = p["mlp_train_epochs"] * math.ceil(cn / 128)
         return cost
     B = p["batch_size"]
@@ -134,7 +164,9 @@ def run_cost(notebook: str, dataset: str | None, params: dict, root: Path | None
         _job(cost, "Adam gold", p["n_seeds_adam"] * (1 + L), n, B, ft_steps, n_evals, Q)
     if p.get("retrain_epochs"):
         e = p["retrain_epochs"]
-        _job(cost, "LOO re-training", 1 + L, n, B, e * slots, e // p.get("retrain_eval_every", 1), Q)
+        _job(
+            cost, "LOO re-training", 1 + L, n, B, e * slots, e // p.get("retrain_eval_every", 1), Q
+        )
     cost.train_steps = p["train_epochs"] * slots
     return cost
 
@@ -145,9 +177,15 @@ def _fake_splits(dataset: str, p: dict, n: int):
     _, _, shape, k, task = _sizes(dataset, p)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n + 8, *shape, generator=g)
-    y = torch.randn(n + 8, 1, generator=g) if task == "regression" else torch.randint(k, (n + 8,), generator=g)
+    y = (
+        torch.randn(n + 8, 1, generator=g)
+        if task == "regression"
+        else torch.randint(k, (n + 8,), generator=g)
+    )
     meta = {"n_classes": k} if task == "classification" else {}
-    return Splits(f"probe_{dataset}", TensorDataset(x[:n], y[:n]), TensorDataset(x[n:], y[n:]), task, meta)
+    return Splits(
+        f"probe_{dataset}", TensorDataset(x[:n], y[:n]), TensorDataset(x[n:], y[n:]), task, meta
+    )
 
 
 @cache
@@ -179,8 +217,12 @@ def _seconds_per_sample(notebook: str, dataset: str, params_json: str, device: s
         n = min(_sizes(dataset, p)[0], 512)
         splits = _fake_splits(dataset, p, n)
         model = build_model(model_name, splits)
-        cfg = FurtherTrainingConfig(lr=1e-3, epochs=2, seeds=[0], left_out=range(32), batch_size=128)
-        ft.further_train(model, splits, cfg, cache_dir=None, progress=False, device=device)  # warm-up
+        cfg = FurtherTrainingConfig(
+            lr=1e-3, epochs=2, seeds=[0], left_out=range(32), batch_size=128
+        )
+        ft.further_train(
+            model, splits, cfg, cache_dir=None, progress=False, device=device
+        )  # warm-up
         res = ft.further_train(model, splits, cfg, cache_dir=None, progress=False, device=device)
         return res.wall_time / (33 * 2 * n)
     splits = _fake_splits(dataset, p, 16)
@@ -209,7 +251,9 @@ def estimate(runs, device="auto", probe: bool = True, root: Path | None = None) 
         if probe and cost.ft_runs:
             p = {**notebook_defaults(r.notebook, root), **r.parameters}
             ds = r.dataset or p.get("dataset") or NOTEBOOK_DATASET.get(r.notebook)
-            t_ft = _seconds_per_sample(r.notebook, ds, json.dumps(p, sort_keys=True, default=str), dev)
+            t_ft = _seconds_per_sample(
+                r.notebook, ds, json.dumps(p, sort_keys=True, default=str), dev
+            )
             n = _sizes(ds, p)[0]
             B = p.get("batch_size", 128)
             cost.seconds = cost.samples * t_ft + cost.train_steps * min(B, n) * t_ft
@@ -232,17 +276,29 @@ def _hms(seconds: float | None) -> str:
 def format_costs(costs: list[RunCost], device="auto") -> str:
     """A table: run, further-training runs, their optimizer steps, final-model steps, est. time."""
     dev = resolve_device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
     width = max([len(c.name) for c in costs] + [3])
-    lines = [f"dry run on {dev} ({name}); estimates exclude attribution methods",
-             f"{'run':<{width}}  {'FT runs':>9}  {'FT steps':>14}  {'train steps':>11}  {'est. time':>10}",
-             f"{'-' * width}  {'-' * 9}  {'-' * 14}  {'-' * 11}  {'-' * 10}"]
+    lines = [
+        f"dry run on {dev} ({name}); estimates exclude attribution methods",
+        f"{'run':<{width}}  {'FT runs':>9}  {'FT steps':>14}  {'train steps':>11}  "
+        f"{'est. time':>10}",
+        f"{'-' * width}  {'-' * 9}  {'-' * 14}  {'-' * 11}  {'-' * 10}",
+    ]
     for c in costs:
-        lines.append(f"{c.name:<{width}}  {c.ft_runs:>9,}  {c.ft_steps:>14,}  {c.train_steps:>11,}  "
-                     f"{_hms(c.seconds):>10}")
+        lines.append(
+            f"{c.name:<{width}}  {c.ft_runs:>9,}  {c.ft_steps:>14,}  {c.train_steps:>11,}  "
+            f"{_hms(c.seconds):>10}"
+        )
     total = sum(c.seconds or 0 for c in costs)
-    lines.append(f"{'total':<{width}}  {sum(c.ft_runs for c in costs):>9,}  "
-                 f"{sum(c.ft_steps for c in costs):>14,}  {sum(c.train_steps for c in costs):>11,}  {_hms(total):>10}")
+    lines.append(
+        f"{'total':<{width}}  {sum(c.ft_runs for c in costs):>9,}  "
+        f"{sum(c.ft_steps for c in costs):>14,}  {sum(c.train_steps for c in costs):>11,}  "
+        f"{_hms(total):>10}"
+    )
     for c in costs:
         if c.detail:
             lines.append(f"  {c.name}: " + "; ".join(c.detail))

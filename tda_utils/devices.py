@@ -8,6 +8,7 @@ explicit ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (or a ``torch.device``) is honour
 that is not available here raises a ValueError naming ``device`` and the allowed values. Models
 given to these functions are left where they were; results and caches are stored on the CPU.
 """
+
 from __future__ import annotations
 
 import re
@@ -49,11 +50,15 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if m is None:
         raise ValueError(f"device={device!r} is not valid; allowed values: {_allowed()}")
     if not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} is not available (torch.cuda.is_available() is False); "
-                         f"allowed values: {_allowed()}")
+        raise ValueError(
+            f"device={device!r} is not available (torch.cuda.is_available() is False); "
+            f"allowed values: {_allowed()}"
+        )
     if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
-        raise ValueError(f"device={device!r} is not available ({torch.cuda.device_count()} CUDA devices); "
-                         f"allowed values: {_allowed()}")
+        raise ValueError(
+            f"device={device!r} is not available ({torch.cuda.device_count()} CUDA devices); "
+            f"allowed values: {_allowed()}"
+        )
     return torch.device(spec)
 
 

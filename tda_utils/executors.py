@@ -8,15 +8,20 @@ writes each one to the per-seed cache as it arrives, so a run that stops part-wa
 any executor, and the merged result does not depend on the executor (each seed's runs are the
 same arithmetic wherever they run).
 
-``RayExecutor`` sends chunks of seeds (by default the engine's own chunk: the seeds that fit its
-memory budget together) to Ray tasks: on the cluster at ``$RAY_ADDRESS`` (or ``address=``) when
-set, else on a Ray started here for the run (``num_cpus`` from the machine) and shut down after.
+``RayExecutor`` sends chunks of seeds (by default the engine's own CPU chunk, the seeds that fit
+its memory budget together; on GPUs, about two tasks per GPU) to Ray tasks: on the cluster at
+``$RAY_ADDRESS`` (or ``address=``) when set (this ``tda_utils`` is shipped to its workers), else
+on a Ray started here (``num_cpus`` from the machine, every GPU it sees), kept for the later
+calls of this process (a notebook trains several gold standards) and shut down when it exits.
 A task asks for one GPU when the device is CUDA (``device="auto"`` means CUDA when the cluster
 has GPUs). A task that fails is retried ``max_retries`` times; seeds still failing are reported
 in one error naming them, after every other seed has been yielded (and so cached).
 """
+
 from __future__ import annotations
 
+import atexit
+import math
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -32,7 +37,9 @@ EXECUTORS = ("local", "ray")
 class LocalExecutor:
     """Train every seed in this process, on ``device``."""
 
-    def run(self, engine_cls, args: tuple, device, seeds: Sequence[int], progress: bool) -> Iterator[tuple[int, dict]]:
+    def run(
+        self, engine_cls, args: tuple, device, seeds: Sequence[int], progress: bool
+    ) -> Iterator[tuple[int, dict]]:
         """Yield ``(seed, result)`` for ``seeds`` from ``engine_cls(*args, device=...)``."""
         if not seeds:
             return
@@ -55,10 +62,20 @@ class RayExecutor:
         max_retries: retries of a failed task before its seeds are reported.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, seeds_per_task: int | None = None,
-                 cpus_per_task: float = 1, max_retries: int = 2):
-        if seeds_per_task is not None and (not isinstance(seeds_per_task, int) or seeds_per_task < 1):
-            raise ValueError(f"seeds_per_task={seeds_per_task!r} must be a positive integer or None")
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        seeds_per_task: int | None = None,
+        cpus_per_task: float = 1,
+        max_retries: int = 2,
+    ):
+        if seeds_per_task is not None and (
+            not isinstance(seeds_per_task, int) or seeds_per_task < 1
+        ):
+            raise ValueError(
+                f"seeds_per_task={seeds_per_task!r} must be a positive integer or None"
+            )
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries={max_retries!r} must be an integer >= 0")
         self.address = address
@@ -68,21 +85,44 @@ class RayExecutor:
         self.max_retries = max_retries
 
     def _connect(self) -> bool:
-        """Connect to (or start) Ray; True when this call started it (and must shut it down)."""
+        """Connect to (or start) Ray; True when this call started it (then shut down at exit)."""
         try:
             import ray
         except ImportError as exc:  # pragma: no cover - ray is a pinned dependency
-            raise ValueError("executor='ray' needs the ray package (pip install ray==2.60.0)") from exc
+            raise ValueError(
+                "executor='ray' needs the ray package (pip install ray==2.60.0)"
+            ) from exc
         if ray.is_initialized():
             return False
         address = self.address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=False)
+        if address:  # ship this tda_utils to the cluster's workers (they need its dependencies)
+            ray.init(
+                address=address,
+                log_to_driver=False,
+                runtime_env={"py_modules": [str(Path(__file__).resolve().parent)]},
+            )
+            atexit.register(ray.shutdown)
             return True
         pkg_root = str(Path(__file__).resolve().parent.parent)  # workers import this tda_utils
         path = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH")) if p)
-        ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": path}})
+        for attempt in range(
+            3
+        ):  # on an overloaded machine the raylet can miss Ray's 30 s start window
+            try:
+                ray.init(
+                    num_cpus=self.num_cpus or os.cpu_count(),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    runtime_env={"env_vars": {"PYTHONPATH": path}},
+                )
+                break
+            except (
+                Exception
+            ) as exc:  # Ray raises a bare Exception("... timed out during startup ...")
+                ray.shutdown()
+                if attempt == 2 or "timed out during startup" not in str(exc):
+                    raise
+        atexit.register(ray.shutdown)
         return True
 
     @staticmethod
@@ -97,48 +137,61 @@ class RayExecutor:
             return "cpu"
         if re.fullmatch(r"cuda(:\d+)?", spec):
             return "cuda"  # Ray gives each task its own GPU, visible to it as cuda:0
-        raise ValueError(f"device={device!r} is not valid; allowed values: 'auto', 'cpu', 'cuda', 'cuda:N'")
+        raise ValueError(
+            f"device={device!r} is not valid; allowed values: 'auto', 'cpu', 'cuda', 'cuda:N'"
+        )
 
-    def run(self, engine_cls, args: tuple, device, seeds: Sequence[int], progress: bool) -> Iterator[tuple[int, dict]]:
-        """Yield ``(seed, result)`` as Ray tasks finish; raise naming the seeds that kept failing."""
+    def run(
+        self, engine_cls, args: tuple, device, seeds: Sequence[int], progress: bool
+    ) -> Iterator[tuple[int, dict]]:
+        """Yield ``(seed, result)`` as Ray tasks finish; raise naming seeds that kept failing."""
         seeds = list(seeds)
         if not seeds:
             return
         import ray
 
-        started = self._connect()
-        try:
-            dev = self.task_device(device)
-            per_task = self.seeds_per_task or engine_cls(*args, device="cpu").seeds_per_chunk()
-            chunks = [seeds[i:i + per_task] for i in range(0, len(seeds), per_task)]
-            task = ray.remote(_run_chunk).options(num_cpus=self.cpus_per_task, num_gpus=1 if dev == "cuda" else 0,
-                                                  max_retries=self.max_retries, retry_exceptions=True)
-            args_ref = ray.put(args)
-            pending = {task.remote(engine_cls, args_ref, dev, chunk): chunk for chunk in chunks}
-            failed: list[tuple[list[int], BaseException]] = []
-            bar = tqdm(total=len(seeds), desc=f"further training (ray, {dev})", disable=not progress)
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    chunk = pending.pop(ref)
-                    try:
-                        out = ray.get(ref)
-                    except Exception as exc:  # ray.exceptions.RayTaskError and worker deaths
-                        failed.append((chunk, exc))
-                        continue
-                    for s, res in out:
-                        yield s, res
-                    bar.update(len(chunk))
-            bar.close()
-            if failed:
-                bad = sorted(s for chunk, _ in failed for s in chunk)
-                cause = str(failed[0][1]).strip().splitlines()
-                raise RuntimeError(f"Ray tasks for seeds {bad} failed after {self.max_retries} retries "
-                                   f"(first error: {cause[-1] if cause else type(failed[0][1]).__name__}); "
-                                   "every other seed is cached: run again to resume")
-        finally:
-            if started:
-                ray.shutdown()
+        self._connect()
+        dev = self.task_device(device)
+        if self.seeds_per_task:
+            per_task = self.seeds_per_task
+        elif dev == "cuda":  # about two tasks per GPU; each chunks its runs to its GPU's memory
+            per_task = math.ceil(
+                len(seeds) / (2 * max(1, int(ray.cluster_resources().get("GPU", 1))))
+            )
+        else:
+            per_task = engine_cls(*args, device="cpu").seeds_per_chunk()
+        chunks = [seeds[i : i + per_task] for i in range(0, len(seeds), per_task)]
+        task = ray.remote(_run_chunk).options(
+            num_cpus=self.cpus_per_task,
+            num_gpus=1 if dev == "cuda" else 0,
+            max_retries=self.max_retries,
+            retry_exceptions=True,
+        )
+        args_ref = ray.put(args)
+        pending = {task.remote(engine_cls, args_ref, dev, chunk): chunk for chunk in chunks}
+        failed: list[tuple[list[int], BaseException]] = []
+        bar = tqdm(total=len(seeds), desc=f"further training (ray, {dev})", disable=not progress)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                chunk = pending.pop(ref)
+                try:
+                    out = ray.get(ref)
+                except Exception as exc:  # ray.exceptions.RayTaskError and worker deaths
+                    failed.append((chunk, exc))
+                    continue
+                for s, res in out:
+                    yield s, res
+                bar.update(len(chunk))
+        bar.close()
+        if failed:
+            bad = sorted(s for chunk, _ in failed for s in chunk)
+            cause = str(failed[0][1]).strip().splitlines()
+            raise RuntimeError(
+                f"Ray tasks for seeds {bad} failed after {self.max_retries} retries "
+                f"(first error: {cause[-1] if cause else type(failed[0][1]).__name__}); "
+                "every other seed is cached: run again to resume"
+            )
 
 
 def get_executor(executor) -> LocalExecutor | RayExecutor:
@@ -150,5 +203,7 @@ def get_executor(executor) -> LocalExecutor | RayExecutor:
             return RayExecutor()
     elif hasattr(executor, "run"):
         return executor
-    raise ValueError(f"executor={executor!r} is not valid; allowed values: 'local', 'ray' "
-                     "(or an executor object such as RayExecutor(address=...))")
+    raise ValueError(
+        f"executor={executor!r} is not valid; allowed values: 'local', 'ray' "
+        "(or an executor object such as RayExecutor(address=...))"
+    )

@@ -47,6 +47,7 @@ from .training import (DivergenceError, batch_slices, divergence_message, epoch_
 
 
 QUERY_CHUNK = 128  # queries evaluated at once per run by the vectorized engine
+GPU_MAX_RUNS = 16384  # runs per chunk on a GPU when the config keeps its CPU-sized defaults
 
 # ----------------------------------------------------------------------------------------------
 # Result
@@ -365,7 +366,13 @@ class _Vectorized(_Engine):
         n_par = sum(p.numel() for p in self.params0.values())
         acts = activation_numel(self.model, tuple(x[:1] for x in self.inputs))
         per_run = elem * (5 * n_par + 3 * acts * (self.cfg.batch_size + 1) + acts * min(len(self.q_target), QUERY_CHUNK))
-        return max(1, min(self.cfg.max_runs_per_chunk, int(self.cfg.memory_budget_mb * 2**20 // per_run)))
+        budget_mb, max_runs = self.cfg.memory_budget_mb, self.cfg.max_runs_per_chunk
+        defaults = {f.name: f.default for f in dataclasses.fields(FurtherTrainingConfig)}
+        if self.device.type == "cuda" and (budget_mb, max_runs) == (defaults["memory_budget_mb"],
+                                                                     defaults["max_runs_per_chunk"]):
+            # the CPU-sized defaults, on a GPU: chunks of thousands of runs in half the free memory
+            budget_mb, max_runs = torch.cuda.mem_get_info(self.device)[0] / 2**21, GPU_MAX_RUNS
+        return max(1, min(max_runs, int(budget_mb * 2**20 // per_run)))
 
     def seeds_per_chunk(self) -> int:
         return max(1, self._runs_per_chunk() // (1 + len(self.left_out)))

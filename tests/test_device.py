@@ -1,5 +1,6 @@
 """One ``device`` argument: the resolver, explicit CPU runs, errors, CPU results; CPU/GPU agreement
 (marked ``gpu``, skipped without CUDA)."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,7 +34,9 @@ def test_cuda_without_cuda_is_a_clear_error():
     splits = make_splits("regression")
     model = tu.build_model("mlp", splits, hidden=4).double()
     with pytest.raises(ValueError, match="device='cuda'"):
-        tu.train_model(model, splits, tu.TrainConfig(epochs=1), cache_dir=None, progress=False, device="cuda")
+        tu.train_model(
+            model, splits, tu.TrainConfig(epochs=1), cache_dir=None, progress=False, device="cuda"
+        )
     with pytest.raises(ValueError, match="device='cuda'"):
         tu.evaluate(model, splits, device="cuda")
     cfg = tu.FurtherTrainingConfig(epochs=1, seeds=[0], left_out=[1], dtype="float64")
@@ -52,17 +55,30 @@ def test_explicit_cpu_equals_auto_here_and_model_stays_put(tmp_path):
         pytest.skip("compares 'auto' with 'cpu' on a CPU-only machine")
     splits = make_splits("classification")
     cfg = tu.TrainConfig(lr=0.1, epochs=3, batch_size=8)
-    a = tu.train_model(tu.build_model("mlp", splits, hidden=5).double(), splits, cfg, cache_dir=None,
-                       progress=False, device="cpu")
-    b = tu.train_model(tu.build_model("mlp", splits, hidden=5).double(), splits, cfg, cache_dir=tmp_path,
-                       progress=False)
+    a = tu.train_model(
+        tu.build_model("mlp", splits, hidden=5).double(),
+        splits,
+        cfg,
+        cache_dir=None,
+        progress=False,
+        device="cpu",
+    )
+    b = tu.train_model(
+        tu.build_model("mlp", splits, hidden=5).double(),
+        splits,
+        cfg,
+        cache_dir=tmp_path,
+        progress=False,
+    )
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb) and va.device.type == "cpu"
     assert a.fimo_history == b.fimo_history
     stored = torch.load(next(tmp_path.glob("models/*/final.pt")), weights_only=False)
     assert all(t.device.type == "cpu" for t in stored["state_dict"].values())
     assert tu.evaluate(a, splits, device="cpu") == tu.evaluate(a, splits)
-    ft = tu.FurtherTrainingConfig(lr=0.05, epochs=2, batch_size=8, seeds=[0, 1], left_out=[0, 3], dtype="float64")
+    ft = tu.FurtherTrainingConfig(
+        lr=0.05, epochs=2, batch_size=8, seeds=[0, 1], left_out=[0, 3], dtype="float64"
+    )
     for engine in ("vectorized", "sequential"):
         ftc = tu.FurtherTrainingConfig(**{**ft.__dict__, "engine": engine})
         r1 = tu.further_train(a, splits, ftc, cache_dir=None, progress=False, device="cpu")
@@ -78,8 +94,16 @@ def test_explicit_cpu_equals_auto_here_and_model_stays_put(tmp_path):
 def test_further_training_cpu_and_gpu_agree(engine, leave_out, tmp_path):
     splits = make_splits("regression", n_train=21, n_test=4)
     final = tiny_model(splits, hidden=6, train_epochs=5)
-    cfg = tu.FurtherTrainingConfig(lr=0.05, epochs=3, batch_size=5, seeds=range(3), left_out=[0, 7, 20],
-                                   dtype="float64", engine=engine, leave_out=leave_out)
+    cfg = tu.FurtherTrainingConfig(
+        lr=0.05,
+        epochs=3,
+        batch_size=5,
+        seeds=range(3),
+        left_out=[0, 7, 20],
+        dtype="float64",
+        engine=engine,
+        leave_out=leave_out,
+    )
     on_cpu = tu.further_train(final, splits, cfg, cache_dir=None, progress=False, device="cpu")
     on_gpu = tu.further_train(final, splits, cfg, cache_dir=tmp_path, progress=False, device="cuda")
     assert on_gpu.loss_loo.device.type == "cpu" and on_gpu.loss_full.device.type == "cpu"
@@ -95,10 +119,22 @@ def test_further_training_cpu_and_gpu_agree(engine, leave_out, tmp_path):
 def test_train_and_evaluate_cpu_and_gpu_agree():
     splits = make_splits("classification")
     cfg = tu.TrainConfig(lr=0.1, epochs=3, batch_size=8)
-    a = tu.train_model(tu.build_model("mlp", splits, hidden=5).double(), splits, cfg, cache_dir=None,
-                       progress=False, device="cpu")
-    b = tu.train_model(tu.build_model("mlp", splits, hidden=5).double(), splits, cfg, cache_dir=None,
-                       progress=False, device="cuda")
+    a = tu.train_model(
+        tu.build_model("mlp", splits, hidden=5).double(),
+        splits,
+        cfg,
+        cache_dir=None,
+        progress=False,
+        device="cpu",
+    )
+    b = tu.train_model(
+        tu.build_model("mlp", splits, hidden=5).double(),
+        splits,
+        cfg,
+        cache_dir=None,
+        progress=False,
+        device="cuda",
+    )
     assert next(b.parameters()).device.type == "cpu"
     for va, vb in zip(a.state_dict().values(), b.state_dict().values()):
         torch.testing.assert_close(va, vb, rtol=1e-10, atol=1e-12)
@@ -122,8 +158,21 @@ def test_attribute_on_explicit_cpu_and_bad_device():
 
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("method", ["grad_dot", "grad_cos", "datainf", "cg", "lissa", "lissa_h", "ekfac", "trak",
-                                    "if_time", "if_explicit"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "grad_dot",
+        "grad_cos",
+        "datainf",
+        "cg",
+        "lissa",
+        "lissa_h",
+        "ekfac",
+        "trak",
+        "if_time",
+        "if_explicit",
+    ],
+)
 def test_every_method_cpu_and_gpu_agree(method):
     splits = make_splits("classification", n_train=15, n_test=3)
     final = tiny_model(splits, hidden=4, train_epochs=5)

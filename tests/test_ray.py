@@ -1,5 +1,6 @@
 """The gold standard on Ray: a local 2-CPU Ray gives the local run's numbers bit for bit, shares
 its per-seed cache (resume across executors), and reports failing seeds without losing the rest."""
+
 from __future__ import annotations
 
 import sys
@@ -39,8 +40,9 @@ def local_ray():
 def _problem():
     splits = make_splits("regression", n_train=21, n_test=4, d=3)
     final = tiny_model(splits, hidden=6, train_epochs=5)
-    cfg = tu.FurtherTrainingConfig(lr=0.05, epochs=3, batch_size=5, seeds=range(4), left_out=[0, 7, 20],
-                                   dtype="float64")
+    cfg = tu.FurtherTrainingConfig(
+        lr=0.05, epochs=3, batch_size=5, seeds=range(4), left_out=[0, 7, 20], dtype="float64"
+    )
     return splits, final, cfg
 
 
@@ -51,8 +53,15 @@ def test_ray_matches_local_bit_for_bit_and_resumes_from_a_local_cache(local_ray,
     # a local run that "died" after seeds 0 and 1, resumed on Ray (one seed per task, 2 workers)
     first = tu.FurtherTrainingConfig(**{**cfg.__dict__, "seeds": (0, 1)})
     tu.further_train(final, splits, first, cache_dir=tmp_path, progress=False, device="cpu")
-    on_ray = tu.further_train(final, splits, cfg, cache_dir=tmp_path, progress=False, device="cpu",
-                              executor=executors.RayExecutor(seeds_per_task=1))
+    on_ray = tu.further_train(
+        final,
+        splits,
+        cfg,
+        cache_dir=tmp_path,
+        progress=False,
+        device="cpu",
+        executor=executors.RayExecutor(seeds_per_task=1),
+    )
     assert on_ray.from_cache == 2
     assert torch.equal(on_ray.loss_full, local.loss_full)
     assert torch.equal(on_ray.loss_loo, local.loss_loo)
@@ -66,12 +75,21 @@ def test_ray_matches_local_bit_for_bit_and_resumes_from_a_local_cache(local_ray,
 
 
 @pytest.mark.slow
-def test_failed_ray_task_is_retried_then_reported_and_other_seeds_cached(local_ray, tmp_path, monkeypatch):
+def test_failed_ray_task_is_retried_then_reported_and_other_seeds_cached(
+    local_ray, tmp_path, monkeypatch
+):
     splits, final, cfg = _problem()
     monkeypatch.setattr(ft_mod, "_Vectorized", FailingVectorized)
     with pytest.raises(RuntimeError, match=r"seeds \[2\] failed after 1 retries") as err:
-        tu.further_train(final, splits, cfg, cache_dir=tmp_path, progress=False, device="cpu",
-                         executor=executors.RayExecutor(seeds_per_task=1, max_retries=1))
+        tu.further_train(
+            final,
+            splits,
+            cfg,
+            cache_dir=tmp_path,
+            progress=False,
+            device="cpu",
+            executor=executors.RayExecutor(seeds_per_task=1, max_retries=1),
+        )
     assert "injected failure for seed 2" in str(err.value)
     cached = sorted(p.name for p in tmp_path.glob("further_training/*/seed_*.pt"))
     assert cached == ["seed_0.pt", "seed_1.pt", "seed_3.pt"]
@@ -98,11 +116,18 @@ class _FakeRay(types.ModuleType):
 
 def test_ray_address_is_used_and_only_a_ray_started_here_is_shut_down(monkeypatch):
     fake = _FakeRay()
+    at_exit = []
     monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(executors.atexit, "register", at_exit.append)
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert executors.RayExecutor()._connect() is True
-    assert fake.calls[0] == ("init", {"address": "10.0.0.1:6379", "log_to_driver": False})
+    assert at_exit == [fake.shutdown]  # kept for this process's later calls, shut down at exit
+    init = fake.calls[0][1]
+    assert init["address"] == "10.0.0.1:6379" and init["runtime_env"]["py_modules"][0].endswith(
+        "tda_utils"
+    )
     assert executors.RayExecutor()._connect() is False  # already connected: not ours to shut down
+    assert len(at_exit) == 1
     fake.up = False
     monkeypatch.delenv("RAY_ADDRESS")
     executors.RayExecutor(num_cpus=3)._connect()
