@@ -25,6 +25,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .cache import repo_path, repo_root
+from .gallery import build_gallery
 
 
 @dataclasses.dataclass
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     skip = bool(manifest["profiles"][args.profile].get("skip_missing_data", False))
     rows = run(runs, args.profile, kernel_name=args.kernel, log_output=args.log_output, skip_missing_data=skip)
     print(format_summary(rows))
+    print(f"gallery (open in a browser): {build_gallery(args.profile, rows)}")
     return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
 
 
