@@ -198,7 +198,7 @@ table.data{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 table.data td,table.data th{border:1px solid #ddd;padding:3px 7px;text-align:left}
 table.data th{background:#f3f3f3}tr.failed td{background:#fde2e2}tr.skipped td{color:#777}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.card{margin:0;width:300px}.card img{width:100%;border:1px solid #ddd}
-.card.wide{width:100%}figcaption{font-size:.8em;color:#555}nav a{margin-right:1em}
+.card.wide{width:calc(50% - 6px)}figcaption{font-size:.8em;color:#555}nav a{margin-right:1em}
 details{margin:.5em 0}"""
 
 
@@ -243,8 +243,8 @@ def build_gallery(profile: str, rows: Sequence[Mapping[str, Any]] | None = None,
     others = [p for p in pngs if p not in multi]
     summary = figures / "summary.csv"
     sections = [("figures", "Paper figures (multi-panel)",
-                 "".join(_figure_card(p, reports, wide=True) for p in multi)
-                 or "<p>No multi-panel figures yet (notebook 05_paper_figures writes them).</p>"),
+                 f'<div class="grid">{"".join(_figure_card(p, reports, wide=True) for p in multi)}</div>' if multi
+                 else "<p>No multi-panel figures yet (notebook 05_paper_figures writes them).</p>"),
                 ("summary", "Summary", (f"<p>From {_link(summary, reports, summary.name)}: cosine agreement of each method "
                                         "with further training at the first evaluation, at its best and at the last.</p>"
                                         + _csv_table(summary)) if summary.exists() else "<p>No summary.csv yet.</p>")]
