@@ -21,9 +21,10 @@ Models (``load_model``): a torch checkpoint (a ``state_dict``, or a dict holding
 ``"state_dict"``; loaded with ``weights_only=True``) plus ``model_spec``: ``{"name": <a
 registered model, e.g. "mlp">, **options}`` or ``{"builder": "package.module:function",
 **options}`` where ``function(splits, **options)`` returns the ``nn.Module``; or a Hugging Face
-folder (``config.json``): a BERT-family encoder with a linear head on [CLS] (``bert_classifier``);
-a ``classifier.weight`` / ``classifier.bias`` saved in the folder (``*ForSequenceClassification``)
-is loaded into the head.
+folder (``config.json``): its BERT-family encoder with the paper's linear head on the [CLS] output
+(``bert_classifier``, no pooler), the head trained on your training data (``head_config``) with
+the encoder frozen. (A saved ``*ForSequenceClassification`` head sits on the pooler, which this
+architecture does not have, so it is not used.)
 
 External scores (``to_query_major``): the suite's convention is query-major ``(n_query,
 n_train)`` with positive = helpful (removing the instance raises the query's loss). Libraries
@@ -163,20 +164,33 @@ def _builder(spec: Mapping[str, Any]) -> tuple[Callable[..., nn.Module], dict[st
     return (lambda splits, **kw: build_model(name, splits, **kw)), opts
 
 
-def load_model(model_path: str | os.PathLike, splits: Splits, model_spec: Mapping[str, Any] | None = None) -> nn.Module:
+def load_model(model_path: str | os.PathLike, splits: Splits, model_spec: Mapping[str, Any] | None = None,
+               head_config=None, cache_dir: Any = ...) -> nn.Module:
     """Your final model, in eval mode (see the module docstring for what ``model_path`` and
-    ``model_spec`` may be). Raises ValueError when the checkpoint does not fit the built model."""
+    ``model_spec`` may be). Raises ValueError when the checkpoint does not fit the built model.
+
+    For a Hugging Face folder, ``model_spec`` holds ``bert_classifier`` options (e.g.
+    ``{"trainable": "last_layer"}``: what further training and the methods differentiate) and
+    ``head_config`` (a ``TrainConfig``; default 20 epochs of SGD at lr 0.1) trains the head.
+    """
     path = repo_path(model_path)
     if path.is_dir():
+        from .config import TrainConfig
         from .models import build_model
+        from .training import train_model
 
         if not (path / "config.json").exists():
             raise ValueError(f"model_path={str(path)!r} is a folder without config.json (not a Hugging Face model)")
-        model = build_model("bert_classifier", splits, model_path=str(path), **dict(model_spec or {}))
-        head = _hf_head(path)
-        if head is not None:
-            model.classifier.load_state_dict(head)
-        return model.eval()
+        opts = dict(model_spec or {})
+        if opts.pop("name", "bert_classifier") != "bert_classifier" or "builder" in opts:
+            raise ValueError(f"model_path={str(path)!r} is a Hugging Face folder: model_spec must be None or "
+                             "bert_classifier options, e.g. {'trainable': 'last_layer'}")
+        model = build_model("bert_classifier", splits, model_path=str(path), **opts)
+        trainable = model.trainable
+        model.set_trainable("head")
+        train_model(model, splits, head_config or TrainConfig(lr=0.1, epochs=20, batch_size=32), cache_dir=cache_dir,
+                    progress=False)
+        return model.set_trainable(trainable).eval()
     if model_spec is None:
         raise ValueError("a torch checkpoint needs model_spec, e.g. {'name': 'mlp', 'hidden': 128} or "
                          "{'builder': 'mypackage.models:build'}")
@@ -189,22 +203,6 @@ def load_model(model_path: str | os.PathLike, splits: Splits, model_spec: Mappin
     except RuntimeError as exc:
         raise ValueError(f"the checkpoint {path} does not fit model_spec={dict(model_spec)}: {exc}") from exc
     return model.eval()
-
-
-def _hf_head(path: Path) -> dict[str, torch.Tensor] | None:
-    """``{"weight", "bias"}`` of a saved sequence-classification head, if the folder has one."""
-    files = sorted(path.glob("*.safetensors"))
-    state: dict[str, torch.Tensor] = {}
-    if files:
-        from safetensors.torch import load_file
-
-        for f in files:
-            state.update(load_file(str(f)))
-    elif (path / "pytorch_model.bin").exists():
-        state = torch.load(path / "pytorch_model.bin", weights_only=True, map_location="cpu")
-    if "classifier.weight" not in state:
-        return None
-    return {"weight": state["classifier.weight"], "bias": state["classifier.bias"]}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,7 +96,7 @@ def fake_profile(tmp_path_factory):
 
 
 def test_every_link_and_image_resolves(fake_profile):
-    index, reports, figures = fake_profile
+    index, reports, _ = fake_profile
     assert index == reports / "index.html"
     refs = _refs(index)
     images = {Path(u).name for t, u in refs.links if t == "img"}

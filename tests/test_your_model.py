@@ -166,3 +166,33 @@ def test_06_smoke_run_with_a_model_and_data_built_here(tmp_path):
     assert "mine: classification, 80 training and 10 test instances" in text
     assert "from file: mean cosine" in text and "no files given" not in text
     assert (tmp_path / "figures" / "fig2_cos_sim_epochs_sgd_mine.png").exists()
+
+
+def test_hugging_face_folder_with_a_text_csv(tmp_path):
+    """A saved tiny BERT + its tokenizer: the text CSV is tokenised with the folder's tokenizer,
+    the encoder's weights are the folder's, the [CLS] head is trained on the training data (the
+    training loss falls) and the trainable subset is what ``model_spec`` asked for."""
+    from transformers import BertConfig, BertModel
+
+    from tda_utils.data_text import load_tokenizer
+
+    tok = load_tokenizer(None)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32)
+    hf = BertModel(cfg, add_pooling_layer=False).eval()
+    folder = tmp_path / "hf"
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    texts = ["good food", "terrible service and cold soup", "fine", "would come again", "never again", "ok"] * 3
+    pd.DataFrame({"review": texts, "target": ["pos", "neg", "pos", "pos", "neg", "neg"] * 3,
+                  "split": ["train"] * 12 + ["test"] * 6}).to_csv(tmp_path / "reviews.csv", index=False)
+    s = ym.load_data(tmp_path / "reviews.csv", text_column="review", model_path=str(folder))
+    assert s.task == "classification" and s.meta["class_values"] == ["neg", "pos"] and s.n_test == 6
+    assert torch.equal(s.train.tensors[0][0, :4], torch.tensor(tok("good food")["input_ids"]))
+    model = ym.load_model(folder, s, {"trainable": "last_layer"}, cache_dir=None)
+    assert torch.equal(model.embeddings.word_embeddings.weight, hf.embeddings.word_embeddings.weight)
+    assert model.trainable == "last_layer" and not model.training
+    assert model.fimo_history["train_loss"][-1] < model.fimo_history["train_loss"][0]
+    with pytest.raises(ValueError, match="without config.json"):
+        ym.load_model(tmp_path, s)
