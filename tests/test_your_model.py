@@ -106,8 +106,7 @@ def test_external_scores_orientation_and_sign(tmp_path):
 def test_dattri_influence_matches_the_closed_form(tmp_path):
     """dattri's influence function (through ``dattri_loss``) on a linear regression equals
     g_i^T (H + lambda I)^{-1} g_q with H the explicit Hessian of the mean loss; positive = helpful.
-    (dattri's CG divides by zero once it has converged exactly, which a 4-parameter model does:
-    the explicit attributor is checked here; notebook 06 runs CG on its MLP.)"""
+    (notebook 06 uses the same attributor, restricted to the output layer.)"""
     from dattri.algorithm.influence_function import IFAttributorExplicit
     from dattri.task import AttributionTask
     from torch.utils.data import DataLoader, Subset
@@ -142,7 +141,7 @@ def test_06_smoke_run_at_default_files(tmp_path):
     run.parameters = {**run.parameters, "results_dir": str(tmp_path / "results")}
     text = _run(run, tmp_path)
     assert "no files given: using the stand-in CSV" in text
-    assert "dattri CG: mean cosine with this suite's CG" in text and "same sign" in text
+    assert "dattri IF: mean cosine with this suite's CG" in text and "same sign" in text
     for stem in ("fig2_cos_sim_epochs_sgd_your_model", "fig7_cos_sim_seeds_sgd_your_model",
                  "fig10_attrib_scores_your_model", "fig2_external_scores_your_model"):
         assert (tmp_path / "figures" / f"{stem}.png").exists() and (tmp_path / "figures" / f"{stem}.pdf").exists()
