@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 # fewer progress-bar messages from notebook kernels (nbval waits at most 5 s for a cell's output)
 export TQDM_MININTERVAL := 2
 
-.PHONY: setup reproduce test lint clean
+.PHONY: setup reproduce test lint clean gallery slides
 
 setup: $(STAMP)
 
@@ -24,8 +24,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (fimo-tda)"
 	touch $(STAMP)
 
+# ends by building reports/$(PROFILE)/index.html (HTML reports, figures, tables) and printing its path
 reproduce: $(STAMP)
 	$(PY) -m tda_utils.reproduce --profile $(PROFILE)
+
+# rebuild reports/$(PROFILE)/index.html from what is there, without running anything
+gallery: $(STAMP)
+	$(PY) -m tda_utils.gallery --profile $(PROFILE)
+
+# 00 as reveal.js slides in reports/slides/ (the executed report when there is one, else executes it)
+slides: $(STAMP)
+	nb=reports/$(PROFILE)/00_unified_view_tutorial.ipynb; execute=""; \
+	if [ ! -f "$$nb" ]; then nb=notebooks/00_unified_view_tutorial.ipynb; execute=--execute; fi; \
+	$(PY) -m jupyter nbconvert --to slides $$execute "$$nb" --output-dir reports/slides \
+	    --output 00_unified_view_tutorial
+	@echo "slides: reports/slides/00_unified_view_tutorial.slides.html"
 
 test: $(STAMP)
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env

@@ -183,11 +183,15 @@ def plot_trajectories(
     labels: Sequence[str],
     time_unit: str = "step",
     title: str | None = None,
+    clip: Sequence[str] = (),
 ):
     """One panel per training instance: the gold standard tau_i(t) and predictions over time.
 
     ``gold``: (n_evals, n_panels); ``predictions``: {method: (n_evals, n_panels) or (n_panels,)
     for time-independent scores, drawn as horizontal lines}; ``labels``: panel titles.
+    Times > 0 get a log axis from the first time (else symlog). Methods in ``clip`` (e.g. Grad-Dot's
+    linear extrapolation) do not set the y-range: the axes are scaled to the gold standard and
+    the other predictions, and a clipped curve leaves the panel.
     """
     n = len(labels)
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.6), squeeze=False)
@@ -195,6 +199,9 @@ def plot_trajectories(
     g = np.asarray(torch.as_tensor(gold).double())
     for j, ax in enumerate(axes[0]):
         ax.plot(t, g[:, j], color="k", linewidth=2.5, alpha=0.6, label="further training")
+        kept = [g[:, j]] + [np.asarray(torch.as_tensor(p).double())[..., j].ravel() for m, p in predictions.items()
+                            if m not in clip]
+        lo, hi = float(min(k.min() for k in kept)), float(max(k.max() for k in kept))
         for m, pred in predictions.items():
             p = np.asarray(torch.as_tensor(pred).double())
             st = method_style(m)
@@ -206,16 +213,24 @@ def plot_trajectories(
                     p[:, j],
                     color=st.get("color"),
                     linestyle=st.get("linestyle", "-"),
-                    label=st.get("label", m),
+                    label=st.get("label", m) + (" (leaves the axes)" if m in clip else ""),
                 )
         ax.set_title(labels[j])
         ax.set_xlabel(time_label(time_unit))
-        ax.set_xscale("symlog", linthresh=1.0)
+        if t.min() > 0:
+            ax.set_xscale("log")
+            ax.set_xlim(t.min(), t.max())
+        else:
+            ax.set_xscale("symlog", linthresh=1.0)
+        if clip:
+            pad = 0.08 * (hi - lo or abs(hi) or 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
     axes[0][0].set_ylabel("tau_i(t): change of test loss")
-    axes[0][-1].legend(fontsize="small", loc="best")
+    handles, names = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize="small", bbox_to_anchor=(0.5, 0.0))
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 

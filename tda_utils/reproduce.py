@@ -32,6 +32,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .cache import repo_path, repo_root
+from .gallery import build_gallery
 
 RESERVED = ("dataset", "profile", "figures_dir")  # set by the runner for every run
 
@@ -290,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     print(format_summary(rows))
+    print(f"gallery (open in a browser): {build_gallery(args.profile, rows)}")
     if any(r["status"] == "stopped" for r in rows):
         return 130
     return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
