@@ -24,7 +24,6 @@ from . import (  # noqa: F401  (tu.<module>)
     solvers,
     training,
 )
-from . import pipeline as experiment  # noqa: F401  (old name, kept until notebook 00 says tu.pipeline)
 from .config import FurtherTrainingConfig, TrainConfig
 from .data import DATASETS, Splits, load_dataset
 from .further_training import FurtherTrainingResult, further_train

@@ -145,7 +145,7 @@ def use_published_left_out(splits: Splits, name: str, fallback: dict[str, Any],
     has the paper's size, else warn and use ``fallback`` (meta entries of a seeded draw).
 
     Sets ``meta["paper_left_out"]`` (the indices, or None when they do not apply) and
-    ``meta["default_left_out"]`` (what ``experiment`` code uses by default). With
+    ``meta["default_left_out"]`` (what ``pipeline.select_left_out`` uses by default). With
     ``n_left_out`` larger than the published set, the fallback is used.
     """
     import warnings

@@ -47,7 +47,7 @@ def test_notebook_structure(path):
 
 
 #: notebooks whose parameters are typed by another open issue (remove once they are)
-UNTYPED_YET = {"00_unified_view_tutorial"}
+UNTYPED_YET: set[str] = set()
 
 
 @pytest.mark.parametrize(
