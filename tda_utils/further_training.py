@@ -40,7 +40,7 @@ from .config import FurtherTrainingConfig, check_indices, stable_hash, to_dict
 from .data import Splits
 from .devices import resolve_device
 from .grads import activation_numel, dataset_tensors, frozen_state, trainable_params
-from .models import per_sample_loss
+from .models import loss_key, per_sample_loss, resolve_loss
 from .stacked import MLPStack, StackedOptimizer
 from .training import (DivergenceError, batch_slices, divergence_message, epoch_orders,
                        make_optimizer)
@@ -160,7 +160,8 @@ def eval_schedule(cfg: FurtherTrainingConfig, n_train: int) -> tuple[list[tuple[
 # ----------------------------------------------------------------------------------------------
 def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
                   query_indices: Sequence[int] | None = None, init: dict[str, torch.Tensor] | None = None,
-                  cache_dir=..., progress: bool = True, device="auto", executor="local") -> FurtherTrainingResult:
+                  cache_dir=..., progress: bool = True, device="auto", executor="local",
+                  loss_fn=None) -> FurtherTrainingResult:
     """Run the gold standard; see the module docstring for the semantics.
 
     ``query_indices``: test instances whose loss is recorded (default: all). ``init``: starting
@@ -172,6 +173,11 @@ def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
     results and caches are CPU tensors. ``executor``: "local" (this process), "ray" (chunks of
     seeds as Ray tasks, ``executors.RayExecutor``) or an executor object; every executor writes
     the same per-seed cache, so a run resumes with any of them.
+
+    ``loss_fn``: None (the built-in per-task loss) or a custom per-sample training loss
+    ``(output (..., k), target (...)) -> (...)`` (``models.resolve_loss``; it must work under
+    ``vmap`` with leading run dimensions); it enters the cache key (``models.loss_key``). The
+    recorded query losses stay the built-in per-task loss.
     """
     from .executors import get_executor  # late import: executors imports this module
     if not isinstance(cfg, FurtherTrainingConfig):
@@ -195,14 +201,17 @@ def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
     params0 = trainable_params(model)
     key_cfg = {**to_dict(cfg), "seeds": None, "memory_budget_mb": None, "max_runs_per_chunk": None}
     fingerprint = model_fingerprint(final)
+    root = default_results_dir() if cache_dir is ... else cache_dir
+    resolve_loss(splits.task, loss_fn)  # validates
+    custom = {} if loss_fn is None or root is None else {"loss": loss_key(loss_fn)}
     key = stable_hash(key_cfg, splits.name, splits.task, list(queries), fingerprint,
                       *params0.values(), *frozen_state(model).values(), *data.train.tensors,
-                      *data.test.tensors)
-    root = default_results_dir() if cache_dir is ... else cache_dir
+                      *data.test.tensors, *custom.values())
     cache = Cache(root, "further_training", key, {"config": key_cfg, "dataset": splits.name,
                                                   "query_indices": list(queries),
                                                   "model_fingerprint": fingerprint,
-                                                  "model": getattr(final, "fimo_spec", None)})
+                                                  "model": getattr(final, "fimo_spec", None),
+                                                  **custom})
     start = time.perf_counter()
     results: dict[int, dict] = {}
     todo = []
@@ -217,7 +226,8 @@ def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
 
     engine = _Vectorized if cfg.engine == "vectorized" else _Sequential
     runner = get_executor(executor)
-    for s, res in runner.run(engine, (model, data, cfg, left_out, queries, points), device, todo, progress):
+    args = (model, data, cfg, left_out, queries, points, loss_fn)
+    for s, res in runner.run(engine, args, device, todo, progress):
         cache.save(f"seed_{s}", res)
         results[s] = res
 
@@ -245,7 +255,7 @@ def _seed_item_check(n_evals: int, n_left_out: int, n_query: int):
 
 class _Engine:
     def __init__(self, model, data: Splits, cfg: FurtherTrainingConfig, left_out, queries, points,
-                 device="cpu"):
+                 loss_fn=None, device="cpu"):
         self.device = dev = resolve_device(device)
         self.model, self.data, self.cfg = model.to(dev), data, cfg
         self.left_out, self.points = list(left_out), points
@@ -254,6 +264,8 @@ class _Engine:
         self.inputs, self.q_inputs = tuple(x.to(dev) for x in self.inputs), tuple(x.to(dev) for x in self.q_inputs)
         self.target, self.q_target = self.target.to(dev), self.q_target.to(dev)
         self.task = data.task
+        self.custom_loss = loss_fn is not None
+        self.loss = resolve_loss(self.task, loss_fn)  # the training loss (..., k), (...) -> (...)
         self.n = len(self.target)
         self.n_slots = math.ceil(self.n / cfg.batch_size)
         self.eval_at: dict[tuple[int, int], int] = {}
@@ -309,10 +321,10 @@ class _Sequential(_Engine):
                 idx = perm[sl]
                 if len(idx):
                     out = model(*(x[idx] for x in self.inputs))
-                    loss = per_sample_loss(out, self.target[idx], self.task).mean()
+                    loss = self.loss(out, self.target[idx]).mean()
                     if run is not None and cfg.leave_out == "every_batch":
                         out_i = model(*(x[[run]] for x in self.inputs))
-                        loss = loss - per_sample_loss(out_i, self.target[[run]], self.task).sum() / self.n
+                        loss = loss - self.loss(out_i, self.target[[run]]).sum() / self.n
                     if not bool(torch.isfinite(loss)):
                         raise DivergenceError(divergence_message(
                             self.run_name(seed, run), epoch + 1, slot, cfg.lr))
@@ -343,7 +355,8 @@ class _Vectorized(_Engine):
         super().__init__(*args, **kwargs)
         self.params0 = trainable_params(self.model)
         self.frozen = frozen_state(self.model)
-        self.mlp = MLPStack.maybe(self.model, self.params0)
+        # the MLP fast path hand-codes the built-in loss's gradient: a custom loss takes autograd
+        self.mlp = None if self.custom_loss else MLPStack.maybe(self.model, self.params0)
         model = self.model
 
         def forward(params, inputs):
@@ -357,7 +370,7 @@ class _Vectorized(_Engine):
         if self.mlp is not None:
             return self.mlp.grads(params, inputs[0], target, w, self.task)
         out = self.fwd_batch(params, inputs)
-        total = (per_sample_loss(out, target, self.task) * w).sum()
+        total = (self.loss(out, target) * w).sum()
         return dict(zip(params, torch.autograd.grad(total, list(params.values()))))
 
     def _runs_per_chunk(self) -> int:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from .models import per_sample_loss
+from .models import resolve_loss
 
 warnings.filterwarnings("ignore", message=r".*torch\.func.*", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*forward-mode.*", category=FutureWarning)
@@ -84,12 +84,13 @@ def chunk_size_for(
     return max(1, int(memory_budget_mb * 2**20 // (d * bytes_per_entry * factor)))
 
 
-def _sample_loss_fn(model: nn.Module, task: str):
+def _sample_loss_fn(model: nn.Module, task: str, loss_fn=None):
     state = frozen_state(model)
+    loss = resolve_loss(task, loss_fn)
 
     def f(params, inputs, target):
         out = functional_call(model, {**params, **state}, tuple(x.unsqueeze(0) for x in inputs))
-        return per_sample_loss(out, target.unsqueeze(0), task).squeeze(0)
+        return loss(out, target.unsqueeze(0)).squeeze(0)
 
     return f
 
@@ -101,17 +102,19 @@ def iter_per_sample_grads(
     task: str,
     chunk_size: int | None = None,
     memory_budget_mb: float = 1024.0,
+    loss_fn=None,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield ``(slice, grads)`` with grads (chunk, d) of the per-sample loss, chunk by chunk.
 
-    ``inputs``: tuple of tensors with leading dimension n; ``target``: (n, ...).
+    ``inputs``: tuple of tensors with leading dimension n; ``target``: (n, ...). ``loss_fn``:
+    None (the built-in loss of ``task``) or a custom per-sample loss (``models.resolve_loss``).
     """
     params = trainable_params(model)
     d = sum(p.numel() for p in params.values())
     n = target.shape[0]
     elem = next(iter(params.values())).element_size()
     chunk = chunk_size or chunk_size_for(d, memory_budget_mb, elem)
-    gfn = vmap(grad(_sample_loss_fn(model, task)), in_dims=(None, 0, 0))
+    gfn = vmap(grad(_sample_loss_fn(model, task, loss_fn)), in_dims=(None, 0, 0))
     was_training = model.training
     model.eval()
     try:
@@ -130,18 +133,22 @@ def per_sample_grads(
     task: str | None = None,
     chunk_size: int | None = None,
     memory_budget_mb: float = 1024.0,
+    loss_fn=None,
 ) -> torch.Tensor:
     """Per-sample loss gradients at the model's current parameters, shape (n, d).
 
     ``dataset``: a TensorDataset (inputs..., target) or a ``Splits``-like pair; ``task`` is
     required ("regression" | "classification"). The model is evaluated in eval mode.
+    ``loss_fn``: None (the built-in loss) or a custom per-sample loss ``(output (..., k),
+    target (...)) -> (...)`` (``models.resolve_loss``).
     """
     if task is None:
         raise ValueError("task is required: 'regression' or 'classification'")
     inputs, target = dataset_tensors(dataset, indices)
     parts = [
         g
-        for _, g in iter_per_sample_grads(model, inputs, target, task, chunk_size, memory_budget_mb)
+        for _, g in iter_per_sample_grads(model, inputs, target, task, chunk_size, memory_budget_mb,
+                                          loss_fn)
     ]
     return torch.cat(parts, dim=0)
 

@@ -37,7 +37,7 @@ from .grads import (
     trainable_params,
     unflatten,
 )
-from .models import per_sample_loss
+from .models import resolve_loss
 
 warnings.filterwarnings("ignore", message=r".*torch\.func.*", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*forward-mode.*", category=FutureWarning)
@@ -95,6 +95,17 @@ def output_hessian_sqrt(out: torch.Tensor, task: str) -> torch.Tensor:
     return torch.diag_embed(sp) - p[:, :, None] * sp[:, None, :]
 
 
+def check_gnh_loss(hessian: str, loss_fn) -> None:
+    """Refuse a custom ``loss_fn`` with the Gauss-Newton Hessian.
+
+    The GNH's output Hessian is the built-in MSE / cross-entropy one.
+    """
+    if loss_fn is not None and hessian != "exact":
+        raise ValueError(f"loss_fn (a custom loss) needs hessian='exact' (got hessian="
+                         f"{hessian!r}): the Gauss-Newton Hessian assumes the built-in MSE / "
+                         "cross-entropy loss")
+
+
 # ----------------------------------------------------------------------------------------------
 # Hessian-vector products
 # ----------------------------------------------------------------------------------------------
@@ -113,20 +124,25 @@ def batch_hvp(
     target: torch.Tensor,
     task: str,
     hessian: str = "gnh",
+    loss_fn=None,
 ) -> Matvec:
     """Products with the Hessian of the batch's mean loss: V (m, d) -> H V (m, d).
 
     ``hessian="exact"``: jvp of grad (forward-over-reverse). ``"gnh"``: J^T H_out J V / B with one
     ``jvp`` and one ``vjp`` of the model output. Vectorised over the m vectors with ``vmap``.
+    ``loss_fn``: None (the built-in loss) or a custom per-sample loss (``models.resolve_loss``),
+    for ``hessian="exact"`` only (the GNH's output Hessian is the built-in loss's).
     """
     check_choice("hessian", hessian, HESSIANS)
+    check_gnh_loss(hessian, loss_fn)
+    loss_of = resolve_loss(task, loss_fn)
     params = trainable_params(model)
     out_fn = _out_fn(model, inputs)
     B = target.shape[0]
     if hessian == "exact":
 
         def loss(p):
-            return per_sample_loss(out_fn(p), target, task).mean()
+            return loss_of(out_fn(p), target).mean()
 
         g = grad(loss)
 
@@ -158,20 +174,23 @@ def dataset_hvp(
     hessian: str = "gnh",
     batch_size: int = 128,
     vec_chunk: int | None = None,
+    loss_fn=None,
 ) -> Matvec:
     """Products with the Hessian of the mean loss over the whole dataset, in batches.
 
     H V = sum_b (|B_b| / n) H_{B_b} V over consecutive batches of ``batch_size``; the m vectors
-    are processed ``vec_chunk`` at a time (None: all at once). V (m, d) -> (m, d).
+    are processed ``vec_chunk`` at a time (None: all at once). V (m, d) -> (m, d). ``loss_fn``:
+    as in ``batch_hvp``.
     """
     n = target.shape[0]
+    check_gnh_loss(hessian, loss_fn)
 
     def apply(V: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(V)
         step = vec_chunk or V.shape[0]
         for s in range(0, n, batch_size):
             sl = slice(s, min(n, s + batch_size))
-            hv = batch_hvp(model, tuple(x[sl] for x in inputs), target[sl], task, hessian)
+            hv = batch_hvp(model, tuple(x[sl] for x in inputs), target[sl], task, hessian, loss_fn)
             w = (sl.stop - sl.start) / n
             for c in range(0, V.shape[0], step):
                 out[c : c + step] += w * hv(V[c : c + step])
@@ -188,16 +207,18 @@ def explicit_hessian(
     hessian: str = "exact",
     batch_size: int = 128,
     col_chunk: int = 256,
+    loss_fn=None,
 ) -> torch.Tensor:
     """The explicit (d, d) Hessian (or GNH) of the dataset's mean loss, symmetrised.
 
     Built from HVPs with ``col_chunk`` identity columns at a time. Cost: d / col_chunk passes
-    over the data; only for small models (memory d^2, symmetrised in place).
+    over the data; only for small models (memory d^2, symmetrised in place). ``loss_fn``: as in
+    ``batch_hvp``.
     """
     params = trainable_params(model)
     d = sum(p.numel() for p in params.values())
     ref = next(iter(params.values()))
-    hvp = dataset_hvp(model, inputs, target, task, hessian, batch_size)
+    hvp = dataset_hvp(model, inputs, target, task, hessian, batch_size, loss_fn=loss_fn)
     H = torch.empty(d, d, dtype=ref.dtype, device=ref.device)
     for c in range(0, d, col_chunk):
         cols = torch.arange(c, min(d, c + col_chunk), device=ref.device)
@@ -438,13 +459,14 @@ def grad_stats(
     task: str,
     memory_budget_mb: float = 1024.0,
     per_tensor: bool = False,
+    loss_fn=None,
 ) -> dict:
     """Statistics of the per-sample loss gradients over a dataset (one chunked pass).
 
     Returns ``lambda0`` = sum_j ||g_j||^2 / (n d) (the mean squared per-sample gradient entry,
     the mean eigenvalue of the empirical Fisher), ``sq_norms`` (n,), ``n``, ``d``, and with
     ``per_tensor`` the per-parameter-tensor sums of squares ``tensor_sq`` {name: float} and
-    sizes ``tensor_numel``.
+    sizes ``tensor_numel``. ``loss_fn``: None (the built-in loss) or a custom per-sample loss.
     """
     params = trainable_params(model)
     d = sum(p.numel() for p in params.values())
@@ -453,7 +475,7 @@ def grad_stats(
     offsets = param_offsets(model)
     tensor_sq = {name: 0.0 for name in params}
     for _, g in iter_per_sample_grads(
-        model, inputs, target, task, memory_budget_mb=memory_budget_mb
+        model, inputs, target, task, memory_budget_mb=memory_budget_mb, loss_fn=loss_fn
     ):
         g2 = g * g
         sq.append(g2.sum(1).double().cpu())

@@ -1,12 +1,20 @@
 """Model registry.
 
-Public: ``build_model``, ``register_model``, ``MODELS``, ``per_sample_loss``.
+Public: ``build_model``, ``register_model``, ``MODELS``, ``per_sample_loss``, ``resolve_loss``,
+``loss_key``, ``LossFn``.
+
+A custom per-sample loss (``loss_fn``, accepted by ``train_model``, ``further_train`` and some
+``attribute`` methods) is a callable ``(output (..., k), target (...)) -> loss (...)`` that works
+under ``vmap`` and with leading stacked dimensions; ``resolve_loss`` turns (task, loss_fn) into
+the one loss callable every caller uses.
 
 ``build_model(name, splits, seed)`` calls ``torch.manual_seed(seed)`` and then creates the layers
 in order, so the initial parameters match the authors' code bit for bit (design.md §6).
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -74,3 +82,47 @@ def per_sample_loss(output: torch.Tensor, target: torch.Tensor, task: str) -> to
         return ((output - target) ** 2).mean(-1)
     logp = torch.log_softmax(output, dim=-1)
     return -logp.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
+
+
+#: a per-sample loss: (output (..., k), target (...)) -> loss (...)
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def resolve_loss(task: str, loss_fn: LossFn | None = None) -> LossFn:
+    """The per-sample loss ``(output (..., k), target (...)) -> (...)`` to train and attribute.
+
+    ``loss_fn=None``: the built-in loss of ``task`` (``per_sample_loss``); else ``loss_fn`` itself,
+    which must be callable, work under ``vmap`` and broadcast over leading dimensions.
+    """
+    if loss_fn is None:
+        return lambda output, target: per_sample_loss(output, target, task)
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be None (the built-in per-task loss) or a callable "
+                         f"(output, target) -> per-sample loss, got {type(loss_fn).__name__}")
+    return loss_fn
+
+
+def loss_key(loss_fn: LossFn | None) -> dict[str, str] | None:
+    """What identifies a custom loss in cache keys (None for the built-in loss).
+
+    Returns {"loss_fn": qualified name, "code": hash of its source, defaults and closure values}.
+
+    Raises:
+        ValueError: the source of ``loss_fn`` is unavailable (e.g. defined in an interactive
+            shell or a ``functools.partial``): pass ``cache_dir=None`` to run without a cache.
+    """
+    if loss_fn is None:
+        return None
+    resolve_loss("regression", loss_fn)  # validates
+    qualname = getattr(loss_fn, "__qualname__", repr(loss_fn))
+    name = f"{getattr(loss_fn, '__module__', '?')}.{qualname}"
+    try:
+        source = inspect.getsource(loss_fn)
+    except (OSError, TypeError):
+        raise ValueError(f"loss_fn {name} cannot enter a cache key: its source code is "
+                         "unavailable (inspect.getsource failed); define it in a file or notebook "
+                         "cell, or pass cache_dir=None to run without a cache") from None
+    cells = [c.cell_contents for c in (getattr(loss_fn, "__closure__", None) or ())]
+    defaults = (getattr(loss_fn, "__defaults__", None), getattr(loss_fn, "__kwdefaults__", None))
+    extra = repr((defaults, cells))
+    return {"loss_fn": name, "code": hashlib.sha256((source + extra).encode()).hexdigest()[:16]}

@@ -26,7 +26,7 @@ from .config import TrainConfig, check_choice, stable_hash, to_dict
 from .data import Splits
 from .devices import resolve_device, to_cpu
 from .grads import dataset_tensors
-from .models import per_sample_loss
+from .models import loss_key, per_sample_loss, resolve_loss
 
 
 class DivergenceError(FloatingPointError):
@@ -114,7 +114,7 @@ def _state_checker(model: nn.Module):
 
 
 def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..., progress: bool = True,
-                device="auto") -> nn.Module:
+                device="auto", loss_fn=None) -> nn.Module:
     """Train ``model`` (in place) on ``splits.train`` with ``cfg``; return it in eval mode.
 
     Mean loss per batch, batch order of ``epoch_orders(n, cfg.seed, ...)``. The trained state is
@@ -123,15 +123,20 @@ def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..
     training loss (and test accuracy when ``select_best``) and ``model.fimo_train_seconds``.
     Trained on ``device`` (``devices.resolve_device``: "auto", "cpu", "cuda", "cuda:N"); the
     model is returned where it was given and the cache holds CPU tensors.
+    ``loss_fn``: None (the built-in per-task loss) or a custom per-sample loss
+    ``(output (B, k), target (B, ...)) -> (B,)`` (``models.resolve_loss``); a custom loss enters
+    the cache key (``models.loss_key``).
     """
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     dev = resolve_device(device)
+    loss_of = resolve_loss(splits.task, loss_fn)
     root = default_results_dir() if cache_dir is ... else cache_dir
-    key = model_key(model, splits, cfg)
+    custom = {} if loss_fn is None or root is None else {"loss": loss_key(loss_fn)}
+    key = model_key(model, splits, cfg, *custom.values())
     cache = Cache(root, "models", key, {"train": to_dict(cfg), "model": getattr(model, "fimo_spec", None),
                                         "model_fingerprint": model_fingerprint(model),
-                                        "dataset": splits.name})
+                                        "dataset": splits.name, **custom})
     hit = cache.load("final", check=_state_checker(model))
     if hit is not None:
         model.load_state_dict(hit["state_dict"])
@@ -156,7 +161,7 @@ def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..
         perm = perm.to(dev)
         for step, sl in enumerate(batch_slices(n, cfg.batch_size), start=1):
             idx = perm[sl]
-            loss = per_sample_loss(model(*(x[idx] for x in inputs)), target[idx], splits.task).mean()
+            loss = loss_of(model(*(x[idx] for x in inputs)), target[idx]).mean()
             if not math.isfinite(loss.item()):
                 raise DivergenceError(divergence_message(
                     f"training the final model on dataset {splits.name!r} (seed {cfg.seed})",

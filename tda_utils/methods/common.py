@@ -12,6 +12,8 @@ G_q), then dotted with the training gradients and divided by n = ``splits.n_trai
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
 import math
@@ -40,6 +42,18 @@ JACOBIAN_COPIES_PER_OUTPUT = 4
 EIGH_MAX_PARAMS = 4000
 #: spectral_scores: entries of one (rows of w) x Q x r intermediate (2**27 float64 = 1 GiB)
 SPECTRAL_CHUNK_ENTRIES = 2**27
+#: the custom per-sample loss of the running ``attribute`` call (None: the built-in loss)
+_LOSS_FN: contextvars.ContextVar = contextvars.ContextVar("fimo_loss_fn", default=None)
+
+
+@contextlib.contextmanager
+def custom_loss(loss_fn) -> Iterator[None]:
+    """Within the block, ``prepare`` builds contexts with ``loss_fn`` (``attribute`` sets it)."""
+    token = _LOSS_FN.set(loss_fn)
+    try:
+        yield
+    finally:
+        _LOSS_FN.reset(token)
 
 
 def check_number(name: str, value: Any, allow_zero: bool = False) -> float:
@@ -154,6 +168,8 @@ class Context:
     te_inputs: tuple[torch.Tensor, ...]
     te_target: torch.Tensor
     budget_mb: float
+    #: None (the built-in per-task loss) or a custom per-sample loss (``models.resolve_loss``)
+    loss_fn: Callable | None = None
 
     @property
     def elem(self) -> int:
@@ -182,7 +198,8 @@ class Context:
         """Per-sample loss gradients (chunk, d) of ``split`` rows ``indices`` (None: all)."""
         inputs, target = self._split(split) if indices is None else self.rows(split, indices)
         yield from iter_per_sample_grads(
-            self.model, inputs, target, self.task, memory_budget_mb=self.budget_mb / 2
+            self.model, inputs, target, self.task, memory_budget_mb=self.budget_mb / 2,
+            loss_fn=self.loss_fn,
         )
 
     def grads(self, split: str, indices=None) -> torch.Tensor:
@@ -204,12 +221,16 @@ class Context:
     def lambda0(self) -> float:
         """The mean squared per-sample training-gradient entry, sum_j ||g_j||^2 / (n d)."""
         return grad_stats(
-            self.model, self.tr_inputs, self.tr_target, self.task, self.budget_mb / 2
+            self.model, self.tr_inputs, self.tr_target, self.task, self.budget_mb / 2,
+            loss_fn=self.loss_fn,
         )["lambda0"]
 
 
 def prepare(model: nn.Module, splits: Splits, opts: BaseOptions) -> Context:
-    """The ``Context`` of ``model`` on ``splits`` in ``opts.dtype`` (a cast copy if needed)."""
+    """The ``Context`` of ``model`` on ``splits`` in ``opts.dtype`` (a cast copy if needed).
+
+    Its ``loss_fn`` is the custom loss of the running ``attribute`` call (``custom_loss``), if any.
+    """
     params = trainable_params(model)
     if not params:
         raise ValueError("the model has no trainable parameters (requires_grad=True)")
@@ -240,6 +261,7 @@ def prepare(model: nn.Module, splits: Splits, opts: BaseOptions) -> Context:
         te_inputs=tuple(cast(x) for x in te_in),
         te_target=cast(te_t),
         budget_mb=float(opts.memory_budget_mb),
+        loss_fn=_LOSS_FN.get(),
     )
 
 
@@ -306,6 +328,9 @@ def jacobian_gnh(ctx: Context, hessian: str, hvp_mode: str) -> JacobianGNH | Non
     """The precomputed-Jacobian GNH when ``hvp_mode`` asks for it (or "auto" and it fits half the
     memory budget), else None (products by jvp/vjp or jvp-of-grad).
     """
+    if ctx.loss_fn is not None and hessian == "gnh":
+        raise ValueError("loss_fn (a custom loss) needs hessian='exact': the Gauss-Newton Hessian "
+                         "assumes the built-in MSE / cross-entropy loss")
     if hvp_mode == "autodiff":
         return None
     if hessian != "gnh":

@@ -178,6 +178,7 @@ def if_explicit(model, splits, train_indices, query_indices, opts: ExplicitOptio
                 "exact",
                 opts.hvp_batch_size,
                 col_chunk=min(ctx.d, ctx.hvp_vec_chunk(opts.hvp_batch_size)),
+                loss_fn=ctx.loss_fn,
             ).to(torch.float64)
         use_eigh = opts.solver == "eigh" or (
             opts.solver == "auto" and (len(damps) > 1 or ctx.d <= EIGH_MAX_PARAMS)
@@ -237,6 +238,7 @@ def cg(model, splits, train_indices, query_indices, opts: CGOptions):
             opts.hessian,
             opts.hvp_batch_size,
             vec_chunk=ctx.hvp_vec_chunk(opts.hvp_batch_size),
+            loss_fn=ctx.loss_fn,
         )
     values, infos = inverse_scores(
         ctx,
@@ -284,6 +286,7 @@ def _lissa_fixed_scale(model, splits, train_indices, query_indices, opts: LissaO
             ctx.tr_target[idx],
             ctx.task,
             opts.hessian,
+            ctx.loss_fn,
         )
         return torch.cat([hv(V[c : c + vchunk]) for c in range(0, V.shape[0], vchunk)], dim=0)
 

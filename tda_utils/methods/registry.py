@@ -24,6 +24,8 @@ from torch import nn
 from ..config import check_choice, check_indices
 from ..data import Splits
 from ..devices import resolve_device, to_cpu
+from ..models import resolve_loss
+from .common import custom_loss
 
 #: first_order: gradient similarities; influence: (approximate) inverse-Hessian influence;
 #: unified: influence at a further-training time t
@@ -31,6 +33,10 @@ FAMILIES = ("first_order", "influence", "unified")
 #: none: undamped; lambda0: ``damping_multiple`` x the mean squared per-sample gradient entry
 #: (the paper's protocol, shared by the IF family); features: the method damps its own features
 DAMPING_KINDS = ("none", "lambda0", "features")
+#: methods that accept a custom ``loss_fn`` (per-sample gradients and exact / autodiff Hessians
+#: only; the others assume the built-in loss's output Hessian or outputs)
+CUSTOM_LOSS_METHODS = ("grad_dot", "grad_cos", "datainf", "cg", "lissa", "lissa_h", "if_explicit",
+                       "if_time")
 
 #: a method: fn(model, splits, train_indices (list), query_indices (list), options) ->
 #: (values (n_query, n_train_indices), diagnostics dict)
@@ -198,6 +204,22 @@ class PeakMemory:
         self.peak_mb = (self._peak - self._base) / 2**20
 
 
+def check_loss_fn(method: str, opts: Any, loss_fn: Callable | None) -> None:
+    """Refuse a custom ``loss_fn`` where ``method`` (with ``opts``) assumes the built-in loss."""
+    if loss_fn is None:
+        return
+    resolve_loss("regression", loss_fn)  # validates that it is callable
+    hessian = getattr(opts, "hessian", "exact")
+    if method not in CUSTOM_LOSS_METHODS or hessian != "exact":
+        why = f"hessian={hessian!r}" if method in CUSTOM_LOSS_METHODS else f"method {method!r}"
+        raise ValueError(
+            f"loss_fn (a custom loss) is not supported with {why}: its math assumes the built-in "
+            f"MSE / cross-entropy loss. loss_fn is accepted by {', '.join(CUSTOM_LOSS_METHODS)} "
+            "with hessian='exact' where the method has that option (not ekfac, trak or any "
+            "Gauss-Newton route)"
+        )
+
+
 def attribute(
     method: str,
     model: nn.Module,
@@ -205,6 +227,7 @@ def attribute(
     train_indices: Sequence[int] | None = None,
     query_indices: Sequence[int] | None = None,
     device: str = "auto",
+    loss_fn: Callable | None = None,
     **options: Any,
 ) -> AttributionScores:
     """Score test ``query_indices`` x ``train_indices`` with a registered ``method``.
@@ -217,6 +240,10 @@ def attribute(
         query_indices: default all test instances.
         device: where to compute: "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
             (``devices.resolve_device``); the model is moved there and back, scores are on the CPU.
+        loss_fn: None (the built-in per-task loss) or a custom per-sample loss
+            ``(output (..., k), target (...)) -> (...)`` (``models.resolve_loss``) for the training
+            and query gradients and the Hessian; only the methods of ``CUSTOM_LOSS_METHODS``
+            with ``hessian="exact"`` (where they have that option) accept it.
         **options: the method's options (``method_options(method)``).
 
     Returns:
@@ -226,6 +253,7 @@ def attribute(
         ValueError: an unknown method or option, or an invalid value.
     """
     opts = make_options(method, options)
+    check_loss_fn(method, opts, loss_fn)
     train_idx = check_indices(
         "train_indices",
         range(splits.n_train) if train_indices is None else train_indices,
@@ -242,9 +270,10 @@ def attribute(
     start = time.perf_counter()
     try:
         with PeakMemory() as mem:
-            values, diag = METHODS[method].function(
-                model, splits, list(train_idx), list(query_idx), opts
-            )
+            with custom_loss(loss_fn):
+                values, diag = METHODS[method].function(
+                    model, splits, list(train_idx), list(query_idx), opts
+                )
     finally:
         model.to(home).train(was)
     diag = to_cpu(diag)

@@ -126,6 +126,7 @@ def _spectrum(ctx, opts: IfTimeOptions):
                 hessian,
                 opts.hvp_batch_size,
                 col_chunk=min(ctx.d, ctx.hvp_vec_chunk(opts.hvp_batch_size)),
+                loss_fn=ctx.loss_fn,
             )
             return full_spectrum(H.to(torch.float64))
         n_eigs = opts.n_eigs
@@ -144,6 +145,7 @@ def _spectrum(ctx, opts: IfTimeOptions):
             hessian,
             opts.hvp_batch_size,
             vec_chunk=ctx.hvp_vec_chunk(opts.hvp_batch_size),
+            loss_fn=ctx.loss_fn,
         )
         return lanczos(
             hvp,
