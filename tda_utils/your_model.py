@@ -287,12 +287,12 @@ def dattri_loss(model: nn.Module, task: str) -> Callable:
     MSE / cross-entropy of ``model`` on a batch ``data = (inputs..., target)``."""
     from torch.func import functional_call
 
-    from .models import loss_fn
+    from .models import resolve_loss
 
-    loss = loss_fn(task)
+    per_sample = resolve_loss(task)
 
     def f(params, data):
         *inputs, target = data
-        return loss(functional_call(model, params, tuple(inputs)), target)
+        return per_sample(functional_call(model, params, tuple(inputs)), target).mean()
 
     return f
