@@ -20,6 +20,7 @@ configuration the key was made from) and one or more ``*.pt`` items.
   config that differs from the requested one after normalising defaults raises (a hash collision
   or a hand-edited cache).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,7 +62,8 @@ def repo_root() -> Path:
 
 def repo_path(path: str | os.PathLike, root: Path | None = None) -> Path:
     """A user path: ``~`` expanded; a relative path is read from ``root`` (default: the
-    repository root), so notebooks and the runner resolve ``data_path`` alike."""
+    repository root), so notebooks and the runner resolve ``data_path`` alike.
+    """
     p = Path(path).expanduser()
     return p if p.is_absolute() else Path(root or repo_root()) / p
 
@@ -115,13 +117,17 @@ def model_fingerprint(model: nn.Module) -> dict[str, str]:
         except (OSError, TypeError):
             sources.append(f"{cls.__module__}.{cls.__qualname__} (source unavailable)")
     digest = lambda s: hashlib.sha256(s.encode()).hexdigest()[:16]  # noqa: E731
-    return {"class": f"{type(model).__module__}.{type(model).__qualname__}",
-            "structure": digest(repr(model)), "code": digest("\n".join(sources))}
+    return {
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "structure": digest(repr(model)),
+        "code": digest("\n".join(sources)),
+    }
 
 
 def _normalise(obj: Any) -> Any:
     """A JSON value with model specs (``{"name", "options", ...}`` of a registered model) given
-    every default option explicitly, so that spelling a default or not is the same config."""
+    every default option explicitly, so that spelling a default or not is the same config.
+    """
     if isinstance(obj, dict):
         out = {k: _normalise(v) for k, v in obj.items()}
         if isinstance(out.get("name"), str) and isinstance(out.get("options"), dict):
@@ -130,8 +136,9 @@ def _normalise(obj: Any) -> Any:
             fn = MODELS.get(out["name"])
             if fn is not None:
                 params = list(inspect.signature(fn).parameters.values())[1:]  # after `splits`
-                defaults = {p.name: p.default for p in params
-                            if p.default is not inspect.Parameter.empty}
+                defaults = {
+                    p.name: p.default for p in params if p.default is not inspect.Parameter.empty
+                }
                 filled = {**defaults, **out["options"]}
                 out["options"] = json.loads(json.dumps(filled, sort_keys=True, default=str))
         return out
@@ -151,8 +158,11 @@ def _move_aside(path: Path, reason: str) -> None:
         where = f"moved to {target}"
     except FileNotFoundError:  # another process moved or replaced it first
         where = "already moved by another process"
-    warnings.warn(f"cache item {path} is unreadable ({reason}); {where}; it will be recomputed",
-                  CacheWarning, stacklevel=3)
+    warnings.warn(
+        f"cache item {path} is unreadable ({reason}); {where}; it will be recomputed",
+        CacheWarning,
+        stacklevel=3,
+    )
 
 
 class Cache:
@@ -163,8 +173,13 @@ class Cache:
 
     def __init__(self, root: Path | str | None, kind: str, key: str, config: dict) -> None:
         self.enabled = root is not None
-        self.config = _normalise(json.loads(json.dumps({**config, "schema_version": SCHEMA_VERSION},
-                                                       sort_keys=True, default=str)))
+        self.config = _normalise(
+            json.loads(
+                json.dumps(
+                    {**config, "schema_version": SCHEMA_VERSION}, sort_keys=True, default=str
+                )
+            )
+        )
         full_key = hashlib.sha256(f"{key}|schema {SCHEMA_VERSION}".encode()).hexdigest()[:16]
         self.dir = Path(root) / kind / full_key if root is not None else None
         if self.enabled:
@@ -186,8 +201,10 @@ class Cache:
         if stored is None:
             atomic_write_text(json.dumps(self.config, indent=1, sort_keys=True), cfg_path)
         elif _normalise(stored) != self.config:
-            raise RuntimeError(f"cache entry {self.dir} was written with another config; "
-                               "delete that folder to recompute")
+            raise RuntimeError(
+                f"cache entry {self.dir} was written with another config; "
+                "delete that folder to recompute"
+            )
 
     def path(self, item: str) -> Path | None:
         return self.dir / f"{item}.pt" if self.enabled else None
@@ -216,11 +233,17 @@ class Cache:
                     f"cache item {path} holds pickled objects other than plain data (tensors, "
                     "numbers, strings, lists, dicts) and was not loaded; this suite never writes "
                     "such files: if you did not put it there, inspect it, then delete it to "
-                    "recompute") from None
+                    "recompute"
+                ) from None
             lines = [ln for ln in str(err).splitlines() if ln.strip()]
             at = next((i for i, ln in enumerate(lines) if "WeightsUnpickler error" in ln), None)
-            detail = (lines[at + 1] if at is not None and at + 1 < len(lines)
-                      else lines[0] if lines else "")
+            detail = (
+                lines[at + 1]
+                if at is not None and at + 1 < len(lines)
+                else lines[0]
+                if lines
+                else ""
+            )
             _move_aside(path, f"not a torch file of plain data: {detail.strip()[:200]}")
             return None
         except Exception as err:  # truncated zip, empty file, garbage: all recomputable

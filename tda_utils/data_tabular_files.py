@@ -11,6 +11,7 @@ another row count is refused unless ``expected_rows=None`` (then a warning says 
 split and left-out set do not apply). HELOC and Folktables use the paper's own left-out sets
 (``data.published_left_out``) when their training split has the paper's size.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,14 +27,18 @@ import pandas as pd
 
 from .config import check_choice, check_positive
 from .data import Splits, register_dataset, regression_splits, use_published_left_out
-from .data_tabular import (ONE_HOT_FITS, _package_version, _seeded_left_out_meta,
-                           classification_splits)
+from .data_tabular import (
+    ONE_HOT_FITS,
+    _package_version,
+    _seeded_left_out_meta,
+    classification_splits,
+)
 
 ENERGY_ROWS = 768
 HELOC_ROWS = 10459
 ENERGY_COLUMNS = [f"X{i}" for i in range(1, 9)] + ["Y1", "Y2"]
 ENERGY_HELP = (
-    "Get it from the UCI Machine Learning Repository, dataset 242 \"Energy efficiency\" "
+    'Get it from the UCI Machine Learning Repository, dataset 242 "Energy efficiency" '
     "(https://archive.ics.uci.edu/dataset/242/energy+efficiency, file ENB2012_data.xlsx), and "
     "pass its path as load_dataset('energy', path=...) (notebook parameter data_path). Accepted "
     "layouts: .xlsx or .csv with columns X1..X8, Y1[, Y2], or a headerless tab/whitespace "
@@ -68,9 +73,11 @@ def _resolve_file(path: str | os.PathLike | None, dataset: str, help_text: str) 
 
 
 def _read_error(dataset: str, path: Path, err: BaseException, help_text: str = "") -> ValueError:
-    return ValueError(f"dataset {dataset!r}: cannot read path={str(path)!r} ({type(err).__name__}: "
-                      f"{str(err).strip()[:200]}); is it the right file, complete and not corrupt? "
-                      f"{help_text}".rstrip())
+    return ValueError(
+        f"dataset {dataset!r}: cannot read path={str(path)!r} ({type(err).__name__}: "
+        f"{str(err).strip()[:200]}); is it the right file, complete and not corrupt? "
+        f"{help_text}".rstrip()
+    )
 
 
 def _sniff_text(path: Path) -> tuple[str, bool]:
@@ -108,31 +115,44 @@ def read_energy_table(path: str | os.PathLike) -> tuple[pd.DataFrame, int]:
         else:
             sep, has_header = _sniff_text(path)
             df = pd.read_csv(path, sep=sep, header=0 if has_header else None, engine="python")
-    except (OSError, ValueError, UnicodeDecodeError, zipfile.BadZipFile, KeyError, EOFError,
-            pd.errors.ParserError) as err:
+    except (
+        OSError,
+        ValueError,
+        UnicodeDecodeError,
+        zipfile.BadZipFile,
+        KeyError,
+        EOFError,
+        pd.errors.ParserError,
+    ) as err:
         raise _read_error("energy", path, err, ENERGY_HELP) from err
     if has_header:
         df.columns = [str(c).strip().upper() for c in df.columns]
         missing = [c for c in ENERGY_COLUMNS[:9] if c not in df.columns]
         if missing:
-            raise ValueError(f"path={str(path)!r}: columns {missing} not found (found "
-                             f"{list(df.columns)}); expected X1..X8, Y1[, Y2]")
+            raise ValueError(
+                f"path={str(path)!r}: columns {missing} not found (found "
+                f"{list(df.columns)}); expected X1..X8, Y1[, Y2]"
+            )
         df = df[[c for c in ENERGY_COLUMNS if c in df.columns]]
     else:
         df = df.dropna(axis=1, how="all")
         if df.shape[1] not in (9, 10):
-            raise ValueError(f"path={str(path)!r}: a headerless file needs 9 (X1..X8, Y1) or 10 "
-                             f"(X1..X8, Y1, Y2) columns, found {df.shape[1]}")
+            raise ValueError(
+                f"path={str(path)!r}: a headerless file needs 9 (X1..X8, Y1) or 10 "
+                f"(X1..X8, Y1, Y2) columns, found {df.shape[1]}"
+            )
         df.columns = ENERGY_COLUMNS[: df.shape[1]]
     df = df.dropna(how="all").reset_index(drop=True)
     numeric = df.apply(pd.to_numeric, errors="coerce")
     bad = numeric.isna().to_numpy() | ~np.isfinite(numeric.to_numpy(dtype=np.float64))
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise ValueError(f"path={str(path)!r}: data row {row + 1} has a missing, non-numeric or "
-                         f"non-finite value in column {df.columns[col]} "
-                         f"({str(df.iat[row, col])!r}); "
-                         f"{int(bad.any(axis=1).sum())} such rows (a file cut short?)")
+        raise ValueError(
+            f"path={str(path)!r}: data row {row + 1} has a missing, non-numeric or "
+            f"non-finite value in column {df.columns[col]} "
+            f"({str(df.iat[row, col])!r}); "
+            f"{int(bad.any(axis=1).sum())} such rows (a file cut short?)"
+        )
     return numeric, 0
 
 
@@ -141,15 +161,18 @@ def _check_rows(dataset: str, path: Path, n: int, expected: int | None) -> None:
         return
     check_positive("expected_rows", expected, integer=True)
     if n != expected:
-        raise ValueError(f"dataset {dataset!r}: path={str(path)!r} has {n} data rows, the "
-                         f"published file has {expected} (cut short or another file?); pass "
-                         "expected_rows=None to load it anyway (the paper's split and left-out "
-                         "set then do not apply)")
+        raise ValueError(
+            f"dataset {dataset!r}: path={str(path)!r} has {n} data rows, the "
+            f"published file has {expected} (cut short or another file?); pass "
+            "expected_rows=None to load it anyway (the paper's split and left-out "
+            "set then do not apply)"
+        )
 
 
 @register_dataset("energy")
-def load_energy(seed: int = 0, path: str | os.PathLike | None = None,
-                expected_rows: int | None = ENERGY_ROWS) -> Splits:
+def load_energy(
+    seed: int = 0, path: str | os.PathLike | None = None, expected_rows: int | None = ENERGY_ROWS
+) -> Splits:
     """UCI Energy efficiency (ENB2012; 768 rows, 8 features, target Y1 = heating load).
 
     ``path``: the official ENB2012_data.xlsx, a .csv with columns X1..X8, Y1, Y2, or a headerless
@@ -166,31 +189,43 @@ def load_energy(seed: int = 0, path: str | os.PathLike | None = None,
     _check_rows("energy", p, len(df), expected_rows)
     meta = {
         "source": "UCI Machine Learning Repository, dataset 242 'Energy efficiency' (ENB2012; "
-                  "Tsanas & Xifara 2012)",
+        "Tsanas & Xifara 2012)",
         **_file_provenance(p),
-        "rows": len(df) + n_dropped, "rows_dropped": n_dropped,
-        "features": ENERGY_COLUMNS[:8], "target": "Y1 (heating load)",
+        "rows": len(df) + n_dropped,
+        "rows_dropped": n_dropped,
+        "features": ENERGY_COLUMNS[:8],
+        "target": "Y1 (heating load)",
         "dropped_columns": ["Y2"] if "Y2" in df.columns else [],
-        "paper_dataset": "energy", "substitute_for": None,
+        "paper_dataset": "energy",
+        "substitute_for": None,
     }
     splits = regression_splits("energy", df[ENERGY_COLUMNS[:9]].to_numpy(), meta)
     paper = list(range(0, 700, 7))
     paper[-1] = 690
     if max(paper) < splits.n_train:
-        splits.meta.update(default_left_out=paper,
-                           default_left_out_rule="paper: range(0, 700, 7), last index -> 690")
+        splits.meta.update(
+            default_left_out=paper,
+            default_left_out_rule="paper: range(0, 700, 7), last index -> 690",
+        )
     else:
         fallback = _seeded_left_out_meta(splits.n_train)
-        warnings.warn(f"dataset 'energy': path={str(p)!r} has {len(df)} rows, too few for the "
-                      f"paper's left-out set; using {fallback['default_left_out_rule']}",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            f"dataset 'energy': path={str(p)!r} has {len(df)} rows, too few for the "
+            f"paper's left-out set; using {fallback['default_left_out_rule']}",
+            UserWarning,
+            stacklevel=2,
+        )
         splits.meta.update(fallback)
     return splits
 
 
 @register_dataset("heloc")
-def load_heloc(seed: int = 0, path: str | os.PathLike | None = None,
-               positive_label: str = "Bad", expected_rows: int | None = HELOC_ROWS) -> Splits:
+def load_heloc(
+    seed: int = 0,
+    path: str | os.PathLike | None = None,
+    positive_label: str = "Bad",
+    expected_rows: int | None = HELOC_ROWS,
+) -> Splits:
     """FICO HELOC (heloc_dataset_v1.csv: 10,459 rows, 23 features, label RiskPerformance).
 
     ``path``: the CSV. Rows whose features are all -9 (no credit record) are dropped (588 in the
@@ -212,8 +247,10 @@ def load_heloc(seed: int = 0, path: str | os.PathLike | None = None,
         raise _read_error("heloc", p, err, HELOC_HELP) from err
     raw.columns = [str(c).strip() for c in raw.columns]
     if HELOC_LABEL not in raw.columns:
-        raise ValueError(f"path={str(p)!r}: label column {HELOC_LABEL!r} not found (found "
-                         f"{list(raw.columns)[:5]}...); is this heloc_dataset_v1.csv?")
+        raise ValueError(
+            f"path={str(p)!r}: label column {HELOC_LABEL!r} not found (found "
+            f"{list(raw.columns)[:5]}...); is this heloc_dataset_v1.csv?"
+        )
     values = raw[HELOC_LABEL].astype(str).str.strip()
     bad_labels = sorted(set(values) - {"Bad", "Good"})
     if bad_labels:
@@ -222,14 +259,18 @@ def load_heloc(seed: int = 0, path: str | os.PathLike | None = None,
     bad = feats.isna().to_numpy()
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise ValueError(f"dataset 'heloc': path={str(p)!r}, data row {row + 1}: column "
-                         f"{feats.columns[col]} is missing or non-numeric "
-                         f"({raw.iat[row, raw.columns.get_loc(feats.columns[col])]!r}); "
-                         f"{int(bad.any(axis=1).sum())} such rows (a file cut short?)")
+        raise ValueError(
+            f"dataset 'heloc': path={str(p)!r}, data row {row + 1}: column "
+            f"{feats.columns[col]} is missing or non-numeric "
+            f"({raw.iat[row, raw.columns.get_loc(feats.columns[col])]!r}); "
+            f"{int(bad.any(axis=1).sum())} such rows (a file cut short?)"
+        )
     _check_rows("heloc", p, len(raw), expected_rows)
     if expected_rows is not None and feats.shape[1] != 23:
-        raise ValueError(f"dataset 'heloc': path={str(p)!r} has {feats.shape[1]} feature columns, "
-                         "heloc_dataset_v1.csv has 23 (+ RiskPerformance)")
+        raise ValueError(
+            f"dataset 'heloc': path={str(p)!r} has {feats.shape[1]} feature columns, "
+            "heloc_dataset_v1.csv has 23 (+ RiskPerformance)"
+        )
     keep = ~(feats == -9).all(axis=1).to_numpy()
     feats, values = feats[keep].reset_index(drop=True), values[keep].reset_index(drop=True)
     n_special = {str(v): int((feats == v).to_numpy().sum()) for v in HELOC_SPECIAL}
@@ -237,20 +278,27 @@ def load_heloc(seed: int = 0, path: str | os.PathLike | None = None,
     mapping = {positive_label: 1, ("Good" if positive_label == "Bad" else "Bad"): 0}
     meta = {
         "source": "FICO xML Challenge, Home Equity Line of Credit (HELOC) dataset "
-                  "(heloc_dataset_v1.csv)",
+        "(heloc_dataset_v1.csv)",
         **_file_provenance(p),
-        "rows": len(raw), "rows_dropped": int((~keep).sum()),
+        "rows": len(raw),
+        "rows_dropped": int((~keep).sum()),
         "rows_dropped_reason": "all features equal -9 (no credit record)",
-        "special_values": {"codes": list(HELOC_SPECIAL), "count_after_row_drop": n_special,
-                           "handling": "set missing, imputed with the training-split column mean "
-                                       "of the non-special values, then standardised"},
-        "label": HELOC_LABEL, "label_mapping": mapping,
-        "paper_dataset": "heloc", "substitute_for": None,
+        "special_values": {
+            "codes": list(HELOC_SPECIAL),
+            "count_after_row_drop": n_special,
+            "handling": "set missing, imputed with the training-split column mean "
+            "of the non-special values, then standardised",
+        },
+        "label": HELOC_LABEL,
+        "label_mapping": mapping,
+        "paper_dataset": "heloc",
+        "substitute_for": None,
         "default_left_out": None,  # set below
     }
     labels = values.map(mapping).to_numpy()
-    splits = classification_splits("heloc", feats, labels, list(feats.columns), [], meta,
-                                   n_classes=2)
+    splits = classification_splits(
+        "heloc", feats, labels, list(feats.columns), [], meta, n_classes=2
+    )
     return use_published_left_out(splits, "heloc", _seeded_left_out_meta(splits.n_train))
 
 
@@ -270,8 +318,12 @@ def _folktables_help(root_dir: Any) -> str:
 
 
 @register_dataset("folktables")
-def load_folktables(seed: int = 0, root_dir: str | os.PathLike | None = None,
-                    download: bool = False, one_hot_fit: str = "train") -> Splits:
+def load_folktables(
+    seed: int = 0,
+    root_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    one_hot_fit: str = "train",
+) -> Splits:
     """Folktables ACSIncome, ACS PUMS 2018 1-Year, Massachusetts (the paper: 30,085 / 10,029).
 
     Read through the ``folktables`` package from ``root_dir`` (the file
@@ -293,10 +345,12 @@ def load_folktables(seed: int = 0, root_dir: str | os.PathLike | None = None,
     except ImportError as err:
         raise ImportError(
             "dataset 'folktables' needs the folktables package (pip install folktables==0.0.12); "
-            "the offline stand-in is load_dataset('cps1988')") from err
+            "the offline stand-in is load_dataset('cps1988')"
+        ) from err
     if root_dir is None:
-        raise FileNotFoundError(f"dataset 'folktables' needs root_dir (got None). "
-                                f"{_folktables_help(root_dir)}")
+        raise FileNotFoundError(
+            f"dataset 'folktables' needs root_dir (got None). {_folktables_help(root_dir)}"
+        )
     data_dir = _acs_data_dir(root_dir)
     csv_path, zip_path = data_dir / ACS_STATE_FILE, data_dir / ACS_STATE_ZIP
     if not csv_path.is_file() and zip_path.is_file():
@@ -308,11 +362,17 @@ def load_folktables(seed: int = 0, root_dir: str | os.PathLike | None = None,
         except (OSError, zipfile.BadZipFile, EOFError) as err:
             raise _read_error("folktables", zip_path, err) from err
     if not csv_path.is_file() and not download:
-        raise FileNotFoundError(f"dataset 'folktables': no {ACS_STATE_FILE} in {data_dir} "
-                                f"(root_dir={str(root_dir)!r}). {_folktables_help(root_dir)}")
+        raise FileNotFoundError(
+            f"dataset 'folktables': no {ACS_STATE_FILE} in {data_dir} "
+            f"(root_dir={str(root_dir)!r}). {_folktables_help(root_dir)}"
+        )
 
-    source = folktables.ACSDataSource(survey_year="2018", horizon="1-Year", survey="person",
-                                      root_dir=str(Path(root_dir).expanduser()))
+    source = folktables.ACSDataSource(
+        survey_year="2018",
+        horizon="1-Year",
+        survey="person",
+        root_dir=str(Path(root_dir).expanduser()),
+    )
     state = random.getstate()  # folktables reseeds the global `random` module
     try:
         raw = source.get_data(states=["MA"], download=download)
@@ -325,18 +385,29 @@ def load_folktables(seed: int = 0, root_dir: str | os.PathLike | None = None,
     labels = target.iloc[:, 0].to_numpy().astype(np.int64)
     meta = {
         "source": "US Census ACS PUMS 2018 1-Year person survey, Massachusetts (psam_p25.csv), "
-                  "task ACSIncome of the folktables package (Ding et al. 2021)",
+        "task ACSIncome of the folktables package (Ding et al. 2021)",
         "file": str(csv_path),
         "version": f"{_package_version('folktables')}; {_file_provenance(csv_path)['version']}",
-        "rows": len(raw), "rows_dropped": len(raw) - len(feats),
+        "rows": len(raw),
+        "rows_dropped": len(raw) - len(feats),
         "rows_dropped_reason": "ACSIncome adult filter: AGEP > 16, PINCP > 100, WKHP > 0, "
-                               "PWGTP >= 1",
-        "label": "PINCP > 50000", "label_mapping": {"PINCP <= 50000": 0, "PINCP > 50000": 1},
-        "paper_dataset": "folktables", "substitute_for": None,
+        "PWGTP >= 1",
+        "label": "PINCP > 50000",
+        "label_mapping": {"PINCP <= 50000": 0, "PINCP > 50000": 1},
+        "paper_dataset": "folktables",
+        "substitute_for": None,
         "default_left_out": None,  # set below
     }
     categorical = [c for c in ACS_FEATURES if c not in ACS_NUMERIC]
-    splits = classification_splits("folktables", feats[ACS_FEATURES], labels, ACS_NUMERIC,
-                                   categorical, meta, n_classes=2, test_size=0.25,
-                                   one_hot_fit=one_hot_fit)
+    splits = classification_splits(
+        "folktables",
+        feats[ACS_FEATURES],
+        labels,
+        ACS_NUMERIC,
+        categorical,
+        meta,
+        n_classes=2,
+        test_size=0.25,
+        one_hot_fit=one_hot_fit,
+    )
     return use_published_left_out(splits, "folktables", _seeded_left_out_meta(splits.n_train))

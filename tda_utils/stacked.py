@@ -4,6 +4,7 @@
 mask; ``MLPStack``: a fast forward/backward path for ``nn.Sequential`` MLPs of Linear and ReLU.
 Both match ``torch.optim`` / autograd (tests/test_further_training.py).
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,9 +28,12 @@ class StackedOptimizer:
             self.v = {k: torch.zeros_like(v) for k, v in params.items()}
 
     @torch.no_grad()
-    def step(self, grads: dict[str, torch.Tensor], active: torch.Tensor, everyone: bool | None = None) -> None:
+    def step(
+        self, grads: dict[str, torch.Tensor], active: torch.Tensor, everyone: bool | None = None
+    ) -> None:
         """One update of the runs where ``active``; ``everyone`` (all active), when the caller
-        knows it, saves a device-to-host sync."""
+        knows it, saves a device-to-host sync.
+        """
         cfg = self.cfg
         shape = lambda x, p: x.view(-1, *([1] * (p.ndim - 1)))  # noqa: E731
         if cfg.grad_clip is not None:
@@ -52,7 +56,11 @@ class StackedOptimizer:
                     p.sub_(am * cfg.lr * g)
                 continue
             if cfg.optimizer == "adamw" and cfg.weight_decay:
-                p.mul_(1 - cfg.lr * cfg.weight_decay if am is None else 1 - am * cfg.lr * cfg.weight_decay)
+                p.mul_(
+                    1 - cfg.lr * cfg.weight_decay
+                    if am is None
+                    else 1 - am * cfg.lr * cfg.weight_decay
+                )
             elif cfg.weight_decay:
                 g = g + cfg.weight_decay * p
             m, v = self.m[k], self.v[k]
@@ -63,8 +71,8 @@ class StackedOptimizer:
                 m.copy_(torch.where(am.bool(), m.lerp(g, 1 - b1), m))
                 v.copy_(torch.where(am.bool(), v * b2 + (1 - b2) * g * g, v))
             t = self.t.clamp(min=1).to(p.dtype)
-            step_size = shape(cfg.lr / (1 - b1 ** t), p)
-            bc2_sqrt = shape((1 - b2 ** t).sqrt(), p)
+            step_size = shape(cfg.lr / (1 - b1**t), p)
+            bc2_sqrt = shape((1 - b2**t).sqrt(), p)
             upd = (v.sqrt() / bc2_sqrt).add_(cfg.eps)
             upd = torch.div(m, upd).mul_(step_size)
             p.sub_(upd if am is None else am * upd)
@@ -96,22 +104,31 @@ class MLPStack:
             return None
         layers: list[tuple[str, str] | None] = []
         for name, m in model.named_children():
-            if isinstance(m, nn.Linear) and m.bias is not None and f"{name}.weight" in params \
-                    and f"{name}.bias" in params:
+            if (
+                isinstance(m, nn.Linear)
+                and m.bias is not None
+                and f"{name}.weight" in params
+                and f"{name}.bias" in params
+            ):
                 layers.append((f"{name}.weight", f"{name}.bias"))
             elif isinstance(m, nn.ReLU):
                 layers.append(None)
             else:
                 return None
         alternating = all((lay is None) == (i % 2 == 1) for i, lay in enumerate(layers))
-        if not alternating or layers[-1] is None or len(params) != 2 * sum(lay is not None for lay in layers):
+        if (
+            not alternating
+            or layers[-1] is None
+            or len(params) != 2 * sum(lay is not None for lay in layers)
+        ):
             return None  # only Linear, ReLU, Linear, ..., ReLU, Linear
         return cls(layers)
 
     def forward(self, params, x: torch.Tensor, reuse: bool = False) -> list[torch.Tensor]:
         """Inputs of each Linear layer and the output: [x, h1, ..., out]; x (R, B, d_in).
 
-        ``reuse``: write into this object's buffers (valid until the next such call)."""
+        ``reuse``: write into this object's buffers (valid until the next such call).
+        """
         acts = [x]
         for i, lay in enumerate(self.layers):
             if lay is None:
@@ -127,7 +144,8 @@ class MLPStack:
     def grads(self, params, x, target, w, task) -> dict[str, torch.Tensor]:
         """Per-run gradients of sum_b w[r, b] * loss_rb (loss: models.per_sample_loss).
 
-        The weight gradients live in buffers reused by the next call (consume them first)."""
+        The weight gradients live in buffers reused by the next call (consume them first).
+        """
         acts = self.forward(params, x, reuse=True)
         out = acts[-1]
         if task == "regression":
@@ -146,7 +164,9 @@ class MLPStack:
                 g = torch.bmm(a.transpose(1, 2), dz, out=self._buffer(f"g{j}", (R, d_in, d_out), a))
                 grads[wn] = g.transpose(1, 2)
             else:
-                grads[wn] = torch.bmm(dz.transpose(1, 2), a, out=self._buffer(f"g{j}", (R, d_out, d_in), a))
+                grads[wn] = torch.bmm(
+                    dz.transpose(1, 2), a, out=self._buffer(f"g{j}", (R, d_out, d_in), a)
+                )
             grads[bn] = dz.sum(1)
             if j > 0:
                 back = self._buffer(f"back{j}", a.shape, a)

@@ -9,6 +9,7 @@ order is what ``torch.utils.data.RandomSampler(train, generator=g)`` yields for 
 sampler draws a second, discarded permutation per epoch; we iterate the sampler itself).
 Batches are consecutive chunks of that order.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,9 +36,11 @@ class DivergenceError(FloatingPointError):
 
 def divergence_message(run: str, epoch: int, step: int, lr: float) -> str:
     """The error text of a diverged run: which run, where, and what to try."""
-    return (f"{run} diverged: non-finite loss or gradient (NaN or inf) at epoch {epoch}, "
-            f"step {step} (1-based, within the epoch); try a smaller learning rate than "
-            f"lr={lr:g} (e.g. lr={lr / 10:g}) or grad_clip, and check the data for extreme values")
+    return (
+        f"{run} diverged: non-finite loss or gradient (NaN or inf) at epoch {epoch}, "
+        f"step {step} (1-based, within the epoch); try a smaller learning rate than "
+        f"lr={lr:g} (e.g. lr={lr / 10:g}) or grad_clip, and check the data for extreme values"
+    )
 
 
 def epoch_orders(n: int, seed: int, epochs: int) -> Iterator[torch.Tensor]:
@@ -53,8 +56,14 @@ def batch_slices(n: int, batch_size: int) -> list[slice]:
     return [slice(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
 
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
-                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str,
+    params,
+    lr: float,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
     """A fresh torch optimizer: ``sgd`` (no momentum), ``adam`` or ``adamw``."""
     check_choice("optimizer", name, ("sgd", "adam", "adamw"))
     if name == "sgd":
@@ -69,7 +78,9 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, splits: Splits, split: str = "test", device="auto") -> dict[str, float]:
+def evaluate(
+    model: nn.Module, splits: Splits, split: str = "test", device="auto"
+) -> dict[str, float]:
     """Mean loss (and accuracy for classification) on ``split`` ("train" | "test").
 
     Computed on ``device`` (``devices.resolve_device``); the model is left where it was.
@@ -91,15 +102,18 @@ def evaluate(model: nn.Module, splits: Splits, split: str = "test", device="auto
 
 def model_key(model: nn.Module, splits: Splits, *extra) -> str:
     """A hash of the model's class, structure and code (``cache.model_fingerprint``), its
-    parameters and buffers, the data and ``extra``."""
+    parameters and buffers, the data and ``extra``.
+    """
     state = [t for _, t in sorted(model.state_dict().items())]
-    return stable_hash(model_fingerprint(model), *state, *splits.train.tensors,
-                       *splits.test.tensors, *extra)
+    return stable_hash(
+        model_fingerprint(model), *state, *splits.train.tensors, *splits.test.tensors, *extra
+    )
 
 
 def _state_checker(model: nn.Module):
     """A ``Cache.load`` check: the item is {"state_dict", "history", "seconds"} with the model's
-    parameter names and shapes."""
+    parameter names and shapes.
+    """
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
     def check(obj) -> None:
@@ -110,11 +124,19 @@ def _state_checker(model: nn.Module):
         if not all(torch.isfinite(v).all() for v in floats):
             raise ValueError("the stored state_dict holds non-finite values")
         dict(obj["history"]), float(obj["seconds"])
+
     return check
 
 
-def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..., progress: bool = True,
-                device="auto", loss_fn=None) -> nn.Module:
+def train_model(
+    model: nn.Module,
+    splits: Splits,
+    cfg: TrainConfig,
+    cache_dir=...,
+    progress: bool = True,
+    device="auto",
+    loss_fn=None,
+) -> nn.Module:
     """Train ``model`` (in place) on ``splits.train`` with ``cfg``; return it in eval mode.
 
     Mean loss per batch, batch order of ``epoch_orders(n, cfg.seed, ...)``. The trained state is
@@ -134,9 +156,18 @@ def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..
     root = default_results_dir() if cache_dir is ... else cache_dir
     custom = {} if loss_fn is None or root is None else {"loss": loss_key(loss_fn)}
     key = model_key(model, splits, cfg, *custom.values())
-    cache = Cache(root, "models", key, {"train": to_dict(cfg), "model": getattr(model, "fimo_spec", None),
-                                        "model_fingerprint": model_fingerprint(model),
-                                        "dataset": splits.name, **custom})
+    cache = Cache(
+        root,
+        "models",
+        key,
+        {
+            "train": to_dict(cfg),
+            "model": getattr(model, "fimo_spec", None),
+            "model_fingerprint": model_fingerprint(model),
+            "dataset": splits.name,
+            **custom,
+        },
+    )
     hit = cache.load("final", check=_state_checker(model))
     if hit is not None:
         model.load_state_dict(hit["state_dict"])
@@ -150,22 +181,34 @@ def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..
     home = _model_device(model)
     model.to(dev)
     n = target.shape[0]
-    opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr,
-                         cfg.weight_decay)
+    opt = make_optimizer(
+        cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay
+    )
     history: dict[str, list] = {"train_loss": [], "test_accuracy": []}
     best = (-1.0, None, -1)
     model.train()
-    for epoch, perm in enumerate(tqdm(epoch_orders(n, cfg.seed, cfg.epochs), total=cfg.epochs,
-                                      desc="train final model", disable=not progress)):
+    for epoch, perm in enumerate(
+        tqdm(
+            epoch_orders(n, cfg.seed, cfg.epochs),
+            total=cfg.epochs,
+            desc="train final model",
+            disable=not progress,
+        )
+    ):
         total = torch.zeros((), dtype=torch.float64, device=dev)
         perm = perm.to(dev)
         for step, sl in enumerate(batch_slices(n, cfg.batch_size), start=1):
             idx = perm[sl]
             loss = loss_of(model(*(x[idx] for x in inputs)), target[idx]).mean()
             if not math.isfinite(loss.item()):
-                raise DivergenceError(divergence_message(
-                    f"training the final model on dataset {splits.name!r} (seed {cfg.seed})",
-                    epoch + 1, step, cfg.lr))
+                raise DivergenceError(
+                    divergence_message(
+                        f"training the final model on dataset {splits.name!r} (seed {cfg.seed})",
+                        epoch + 1,
+                        step,
+                        cfg.lr,
+                    )
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
@@ -185,7 +228,9 @@ def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..
     model.to(home).eval()
     seconds = time.perf_counter() - start
     model.fimo_history, model.fimo_train_seconds = history, seconds
-    cache.save("final", {"state_dict": to_cpu(model.state_dict()), "history": history, "seconds": seconds})
+    cache.save(
+        "final", {"state_dict": to_cpu(model.state_dict()), "history": history, "seconds": seconds}
+    )
     return model
 
 
@@ -200,8 +245,10 @@ def fit_linear_exact(model: nn.Module, splits: Splits, weight_decay: float = 0.0
     """
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if splits.task != "regression" or len(layers) != 1 or layers[0].bias is None:
-        raise ValueError("fit_linear_exact needs a regression task and a model with one nn.Linear layer with bias "
-                         "(build_model('linear', splits))")
+        raise ValueError(
+            "fit_linear_exact needs a regression task and a model with one nn.Linear layer with bias "
+            "(build_model('linear', splits))"
+        )
     lin = layers[0]
     x, y = splits.train.tensors[0].double(), splits.train.tensors[-1].double()
     n, k = y.shape[0], y.shape[1]

@@ -32,6 +32,7 @@ differ: dattri's ``attribute`` returns ``(n_train, n_query)`` (``layout="train_q
 positive = helpful (``sign=+1``); a library whose scores estimate the loss change when the
 instance is *upweighted* needs ``sign=-1``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,15 +58,26 @@ MAX_CLASSES = 20
 
 
 def _meta(name: str, n_train: int, source: str, **extra: Any) -> dict[str, Any]:
-    return {"source": source, "n_train": n_train, "default_left_out": seeded_left_out(n_train), **extra}
+    return {
+        "source": source,
+        "n_train": n_train,
+        "default_left_out": seeded_left_out(n_train),
+        **extra,
+    }
 
 
-def _targets(y_train: np.ndarray, y_test: np.ndarray, task: str) -> tuple[torch.Tensor, torch.Tensor, str, dict]:
+def _targets(
+    y_train: np.ndarray, y_test: np.ndarray, task: str
+) -> tuple[torch.Tensor, torch.Tensor, str, dict]:
     check_choice("task", task, TASKS)
     both = np.concatenate([y_train, y_test])
     if task == "auto":
-        integral = both.dtype.kind in "iubOSU" or (both.dtype.kind == "f" and np.all(np.mod(both, 1) == 0))
-        task = "classification" if integral and len(np.unique(both)) <= MAX_CLASSES else "regression"
+        integral = both.dtype.kind in "iubOSU" or (
+            both.dtype.kind == "f" and np.all(np.mod(both, 1) == 0)
+        )
+        task = (
+            "classification" if integral and len(np.unique(both)) <= MAX_CLASSES else "regression"
+        )
     if task == "regression":
         if both.dtype.kind not in "iuf":
             raise ValueError(f"task='regression' needs a numeric target, got dtype {both.dtype}")
@@ -77,9 +89,16 @@ def _targets(y_train: np.ndarray, y_test: np.ndarray, task: str) -> tuple[torch.
     return f(y_train), f(y_test), task, {"n_classes": len(values), "class_values": values.tolist()}
 
 
-def load_table(path: str | os.PathLike, target_column: str = "target", task: str = "auto",
-               split_column: str = "split", text_column: str | None = None,
-               model_path: str | os.PathLike | None = None, max_length: int = 64, name: str | None = None) -> Splits:
+def load_table(
+    path: str | os.PathLike,
+    target_column: str = "target",
+    task: str = "auto",
+    split_column: str = "split",
+    text_column: str | None = None,
+    model_path: str | os.PathLike | None = None,
+    max_length: int = 64,
+    name: str | None = None,
+) -> Splits:
     """A CSV file -> ``Splits`` (see the module docstring for the layout and conventions)."""
     import pandas as pd
     from sklearn.model_selection import train_test_split
@@ -87,53 +106,91 @@ def load_table(path: str | os.PathLike, target_column: str = "target", task: str
     path = repo_path(path)
     df = pd.read_csv(path)
     if target_column not in df.columns:
-        raise ValueError(f"target_column={target_column!r} is not a column of {path}; columns: {list(df.columns)}")
+        raise ValueError(
+            f"target_column={target_column!r} is not a column of {path}; columns: {list(df.columns)}"
+        )
     if split_column in df.columns:
         bad = sorted(set(df[split_column].astype(str)) - {"train", "test"})
         if bad:
-            raise ValueError(f"column {split_column!r} of {path} must hold 'train' or 'test', found {bad}")
+            raise ValueError(
+                f"column {split_column!r} of {path} must hold 'train' or 'test', found {bad}"
+            )
         train, test = df[df[split_column] == "train"], df[df[split_column] == "test"]
     else:
         train, test = train_test_split(df, test_size=0.1, random_state=0)
     drop = [c for c in (target_column, split_column) if c in df.columns]
-    y_train, y_test, task, extra = _targets(train[target_column].to_numpy(), test[target_column].to_numpy(), task)
+    y_train, y_test, task, extra = _targets(
+        train[target_column].to_numpy(), test[target_column].to_numpy(), task
+    )
     name = name or path.stem
     if text_column is not None:
         from .data_text import tokenize
 
         if text_column not in df.columns:
-            raise ValueError(f"text_column={text_column!r} is not a column of {path}; columns: {list(df.columns)}")
+            raise ValueError(
+                f"text_column={text_column!r} is not a column of {path}; columns: {list(df.columns)}"
+            )
         if task != "classification":
             raise ValueError("a text column needs a classification target (bert_classifier)")
         texts = train[text_column].astype(str).tolist(), test[text_column].astype(str).tolist()
         tr, te, info = tokenize(*texts, model_path=model_path, max_length=max_length)
-        meta = _meta(name, len(train), str(path), texts_train=texts[0], texts_test=texts[1], **info, **extra,
-                     model_path=str(model_path) if model_path else None)
-        return Splits(name, TensorDataset(tr["input_ids"], tr["attention_mask"], y_train),
-                      TensorDataset(te["input_ids"], te["attention_mask"], y_test), task, meta)
+        meta = _meta(
+            name,
+            len(train),
+            str(path),
+            texts_train=texts[0],
+            texts_test=texts[1],
+            **info,
+            **extra,
+            model_path=str(model_path) if model_path else None,
+        )
+        return Splits(
+            name,
+            TensorDataset(tr["input_ids"], tr["attention_mask"], y_train),
+            TensorDataset(te["input_ids"], te["attention_mask"], y_test),
+            task,
+            meta,
+        )
     features = train.drop(columns=drop)
     non_numeric = [c for c in features.columns if features[c].dtype.kind not in "iufb"]
     if non_numeric:
-        raise ValueError(f"feature columns {non_numeric} of {path} are not numeric; encode them (e.g. one-hot) "
-                         "as your model expects, or pass text_column= for a text column")
+        raise ValueError(
+            f"feature columns {non_numeric} of {path} are not numeric; encode them (e.g. one-hot) "
+            "as your model expects, or pass text_column= for a text column"
+        )
     x = lambda part: torch.as_tensor(part.drop(columns=drop).to_numpy(dtype=np.float32))  # noqa: E731
     meta = _meta(name, len(train), str(path), feature_names=list(features.columns), **extra)
-    return Splits(name, TensorDataset(x(train), y_train), TensorDataset(x(test), y_test), task, meta)
+    return Splits(
+        name, TensorDataset(x(train), y_train), TensorDataset(x(test), y_test), task, meta
+    )
 
 
 def load_tensors(path: str | os.PathLike, task: str = "auto", name: str | None = None) -> Splits:
     """A ``.pt`` file with ``x_train``, ``y_train``, ``x_test``, ``y_test`` (and optionally
-    ``task``) -> ``Splits`` (inputs as stored; targets as in ``load_table``)."""
+    ``task``) -> ``Splits`` (inputs as stored; targets as in ``load_table``).
+    """
     path = repo_path(path)
     blob = torch.load(path, weights_only=True)
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in blob]
     if missing:
-        raise ValueError(f"{path} lacks the tensors {missing}; it must hold x_train, y_train, x_test, y_test")
+        raise ValueError(
+            f"{path} lacks the tensors {missing}; it must hold x_train, y_train, x_test, y_test"
+        )
     task = blob.get("task", task) if task == "auto" else task
-    y_train, y_test, task, extra = _targets(np.asarray(blob["y_train"]).reshape(-1), np.asarray(blob["y_test"]).reshape(-1), task)
-    x_train, x_test = torch.as_tensor(blob["x_train"]).float(), torch.as_tensor(blob["x_test"]).float()
-    return Splits(name or path.stem, TensorDataset(x_train, y_train), TensorDataset(x_test, y_test), task,
-                  _meta(name or path.stem, len(x_train), str(path), **extra))
+    y_train, y_test, task, extra = _targets(
+        np.asarray(blob["y_train"]).reshape(-1), np.asarray(blob["y_test"]).reshape(-1), task
+    )
+    x_train, x_test = (
+        torch.as_tensor(blob["x_train"]).float(),
+        torch.as_tensor(blob["x_test"]).float(),
+    )
+    return Splits(
+        name or path.stem,
+        TensorDataset(x_train, y_train),
+        TensorDataset(x_test, y_test),
+        task,
+        _meta(name or path.stem, len(x_train), str(path), **extra),
+    )
 
 
 def load_data(data_path: str | os.PathLike, **options: Any) -> Splits:
@@ -142,9 +199,13 @@ def load_data(data_path: str | os.PathLike, **options: Any) -> Splits:
     if suffix == ".csv":
         return load_table(data_path, **options)
     if suffix in (".pt", ".pth"):
-        return load_tensors(data_path, **{k: v for k, v in options.items() if k in ("task", "name")})
-    raise ValueError(f"data_path={str(data_path)!r} must end in .csv or .pt (allowed: a CSV with a target column, "
-                     "or a .pt file of x_train/y_train/x_test/y_test tensors)")
+        return load_tensors(
+            data_path, **{k: v for k, v in options.items() if k in ("task", "name")}
+        )
+    raise ValueError(
+        f"data_path={str(data_path)!r} must end in .csv or .pt (allowed: a CSV with a target column, "
+        "or a .pt file of x_train/y_train/x_test/y_test tensors)"
+    )
 
 
 def _builder(spec: Mapping[str, Any]) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
@@ -155,17 +216,26 @@ def _builder(spec: Mapping[str, Any]) -> tuple[Callable[..., nn.Module], dict[st
         target = opts.pop("builder")
         module, _, attr = str(target).partition(":")
         if not attr:
-            raise ValueError(f"model_spec builder={target!r} must look like 'package.module:function'")
+            raise ValueError(
+                f"model_spec builder={target!r} must look like 'package.module:function'"
+            )
         return getattr(importlib.import_module(module), attr), opts
     if "name" not in opts:
-        raise ValueError("model_spec must have 'name' (a registered model: "
-                         f"{', '.join(sorted(MODELS))}) or 'builder' ('package.module:function')")
+        raise ValueError(
+            "model_spec must have 'name' (a registered model: "
+            f"{', '.join(sorted(MODELS))}) or 'builder' ('package.module:function')"
+        )
     name = opts.pop("name")
     return (lambda splits, **kw: build_model(name, splits, **kw)), opts
 
 
-def load_model(model_path: str | os.PathLike, splits: Splits, model_spec: Mapping[str, Any] | None = None,
-               head_config=None, cache_dir: Any = ...) -> nn.Module:
+def load_model(
+    model_path: str | os.PathLike,
+    splits: Splits,
+    model_spec: Mapping[str, Any] | None = None,
+    head_config=None,
+    cache_dir: Any = ...,
+) -> nn.Module:
     """Your final model, in eval mode (see the module docstring for what ``model_path`` and
     ``model_spec`` may be). Raises ValueError when the checkpoint does not fit the built model.
 
@@ -180,20 +250,31 @@ def load_model(model_path: str | os.PathLike, splits: Splits, model_spec: Mappin
         from .training import train_model
 
         if not (path / "config.json").exists():
-            raise ValueError(f"model_path={str(path)!r} is a folder without config.json (not a Hugging Face model)")
+            raise ValueError(
+                f"model_path={str(path)!r} is a folder without config.json (not a Hugging Face model)"
+            )
         opts = dict(model_spec or {})
         if opts.pop("name", "bert_classifier") != "bert_classifier" or "builder" in opts:
-            raise ValueError(f"model_path={str(path)!r} is a Hugging Face folder: model_spec must be None or "
-                             "bert_classifier options, e.g. {'trainable': 'last_layer'}")
+            raise ValueError(
+                f"model_path={str(path)!r} is a Hugging Face folder: model_spec must be None or "
+                "bert_classifier options, e.g. {'trainable': 'last_layer'}"
+            )
         model = build_model("bert_classifier", splits, model_path=str(path), **opts)
         trainable = model.trainable
         model.set_trainable("head")
-        train_model(model, splits, head_config or TrainConfig(lr=0.1, epochs=20, batch_size=32), cache_dir=cache_dir,
-                    progress=False)
+        train_model(
+            model,
+            splits,
+            head_config or TrainConfig(lr=0.1, epochs=20, batch_size=32),
+            cache_dir=cache_dir,
+            progress=False,
+        )
         return model.set_trainable(trainable).eval()
     if model_spec is None:
-        raise ValueError("a torch checkpoint needs model_spec, e.g. {'name': 'mlp', 'hidden': 128} or "
-                         "{'builder': 'mypackage.models:build'}")
+        raise ValueError(
+            "a torch checkpoint needs model_spec, e.g. {'name': 'mlp', 'hidden': 128} or "
+            "{'builder': 'mypackage.models:build'}"
+        )
     build, opts = _builder(model_spec)
     model = build(splits, **opts)
     state = torch.load(path, weights_only=True, map_location="cpu")
@@ -201,7 +282,9 @@ def load_model(model_path: str | os.PathLike, splits: Splits, model_spec: Mappin
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"the checkpoint {path} does not fit model_spec={dict(model_spec)}: {exc}") from exc
+        raise ValueError(
+            f"the checkpoint {path} does not fit model_spec={dict(model_spec)}: {exc}"
+        ) from exc
     return model.eval()
 
 
@@ -214,12 +297,18 @@ class Example:
     model_spec: dict
 
 
-def write_example(dataset: str, folder: str | os.PathLike, model_spec: Mapping[str, Any] | None = None,
-                  train_config=None, cache_dir: Any = ...) -> Example:
+def write_example(
+    dataset: str,
+    folder: str | os.PathLike,
+    model_spec: Mapping[str, Any] | None = None,
+    train_config=None,
+    cache_dir: Any = ...,
+) -> Example:
     """Stand-in user files from a packaged dataset: ``<folder>/<dataset>.csv`` (its features as
     the loader gives them, ``target`` and ``split`` columns) and ``<folder>/<dataset>_model.pt``
     (the ``state_dict`` of ``model_spec``'s model trained with ``train_config``,
-    default ``TrainConfig()``)."""
+    default ``TrainConfig()``).
+    """
     import pandas as pd
 
     from .config import TrainConfig
@@ -230,11 +319,15 @@ def write_example(dataset: str, folder: str | os.PathLike, model_spec: Mapping[s
     folder.mkdir(parents=True, exist_ok=True)
     splits = load_dataset(dataset)
     if len(splits.train.tensors) != 2 or splits.train.tensors[0].ndim != 2:
-        raise ValueError(f"dataset={dataset!r} is not a table; use a tabular dataset (e.g. concrete, credit)")
+        raise ValueError(
+            f"dataset={dataset!r} is not a table; use a tabular dataset (e.g. concrete, credit)"
+        )
     parts = []
     for split, part in (("train", splits.train), ("test", splits.test)):
         x, y = (t.numpy() for t in part.tensors)
-        df = pd.DataFrame(x, columns=splits.meta.get("feature_names") or [f"x{j}" for j in range(x.shape[1])])
+        df = pd.DataFrame(
+            x, columns=splits.meta.get("feature_names") or [f"x{j}" for j in range(x.shape[1])]
+        )
         df["target"], df["split"] = y.reshape(len(y), -1)[:, 0], split
         parts.append(df)
     data_path = folder / f"{dataset}.csv"
@@ -242,13 +335,17 @@ def write_example(dataset: str, folder: str | os.PathLike, model_spec: Mapping[s
     spec = dict(model_spec or {"name": "mlp"})
     splits = load_table(data_path)  # what the notebook will read, so the model fits it exactly
     build, opts = _builder(spec)
-    model = train_model(build(splits, **opts), splits, train_config or TrainConfig(), cache_dir=cache_dir)
+    model = train_model(
+        build(splits, **opts), splits, train_config or TrainConfig(), cache_dir=cache_dir
+    )
     model_path = folder / f"{dataset}_model.pt"
     torch.save(model.state_dict(), model_path)
     return Example(data_path, model_path, spec)
 
 
-def to_query_major(scores, n_query: int, n_train: int, layout: str = "query_train", sign: int = 1) -> torch.Tensor:
+def to_query_major(
+    scores, n_query: int, n_train: int, layout: str = "query_train", sign: int = 1
+) -> torch.Tensor:
     """External scores in the suite's convention: float64 ``(n_query, n_train)``, positive = helpful.
 
     Args:
@@ -260,17 +357,24 @@ def to_query_major(scores, n_query: int, n_train: int, layout: str = "query_trai
     """
     check_choice("layout", layout, LAYOUTS)
     if sign not in (1, -1):
-        raise ValueError(f"sign={sign!r} is not valid; allowed values: 1 (positive = helpful), -1 (positive = harmful)")
-    s = torch.as_tensor(np.asarray(scores.detach().cpu() if torch.is_tensor(scores) else scores)).double()
+        raise ValueError(
+            f"sign={sign!r} is not valid; allowed values: 1 (positive = helpful), -1 (positive = harmful)"
+        )
+    s = torch.as_tensor(
+        np.asarray(scores.detach().cpu() if torch.is_tensor(scores) else scores)
+    ).double()
     want = (n_query, n_train) if layout == "query_train" else (n_train, n_query)
     if tuple(s.shape) != want:
-        raise ValueError(f"scores have shape {tuple(s.shape)}; layout={layout!r} expects {want} "
-                         f"(n_query={n_query}, n_train={n_train})")
+        raise ValueError(
+            f"scores have shape {tuple(s.shape)}; layout={layout!r} expects {want} "
+            f"(n_query={n_query}, n_train={n_train})"
+        )
     return sign * (s if layout == "query_train" else s.T)
 
 
-def load_external_scores(path: str | os.PathLike, n_query: int, n_train: int, layout: str = "train_query",
-                         sign: int = 1) -> torch.Tensor:
+def load_external_scores(
+    path: str | os.PathLike, n_query: int, n_train: int, layout: str = "train_query", sign: int = 1
+) -> torch.Tensor:
     """``to_query_major`` of scores stored in a ``.npy`` or ``.pt`` file."""
     path = repo_path(path)
     if path.suffix == ".npy":
@@ -284,7 +388,8 @@ def load_external_scores(path: str | os.PathLike, n_query: int, n_train: int, la
 
 def dattri_loss(model: nn.Module, task: str) -> Callable:
     """The loss in dattri's ``f(params, data)`` form (``torch.func.functional_call``): the mean
-    MSE / cross-entropy of ``model`` on a batch ``data = (inputs..., target)``."""
+    MSE / cross-entropy of ``model`` on a batch ``data = (inputs..., target)``.
+    """
     from torch.func import functional_call
 
     from .models import resolve_loss

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny float64 problems with exact answers."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,15 @@ import tda_utils as tu  # noqa: E402
 from tda_utils.data import Splits  # noqa: E402
 
 
-def make_splits(task: str = "regression", n_train: int = 23, n_test: int = 5, d: int = 3, seed: int = 0,
-                dtype=torch.float64, n_classes: int = 3) -> Splits:
+def make_splits(
+    task: str = "regression",
+    n_train: int = 23,
+    n_test: int = 5,
+    d: int = 3,
+    seed: int = 0,
+    dtype=torch.float64,
+    n_classes: int = 3,
+) -> Splits:
     """A tiny synthetic problem (inputs (n, d); targets (n, 1) or labels (n,))."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_train + n_test, d, generator=g, dtype=dtype)
@@ -26,14 +34,28 @@ def make_splits(task: str = "regression", n_train: int = 23, n_test: int = 5, d:
         meta = {}
     else:
         w = torch.randn(d, n_classes, generator=g, dtype=dtype)
-        y = (x @ w + 0.5 * torch.randn(n_train + n_test, n_classes, generator=g, dtype=dtype)).argmax(1)
+        y = (
+            x @ w + 0.5 * torch.randn(n_train + n_test, n_classes, generator=g, dtype=dtype)
+        ).argmax(1)
         meta = {"n_classes": n_classes}
     meta["default_left_out"] = list(range(0, n_train, 2))
-    return Splits("tiny", TensorDataset(x[:n_train], y[:n_train]), TensorDataset(x[n_train:], y[n_train:]), task, meta)
+    return Splits(
+        "tiny",
+        TensorDataset(x[:n_train], y[:n_train]),
+        TensorDataset(x[n_train:], y[n_train:]),
+        task,
+        meta,
+    )
 
 
-def tiny_model(splits: Splits, hidden: int = 8, seed: int = 0, dtype=torch.float64, train_epochs: int = 30,
-               lr: float = 0.1):
+def tiny_model(
+    splits: Splits,
+    hidden: int = 8,
+    seed: int = 0,
+    dtype=torch.float64,
+    train_epochs: int = 30,
+    lr: float = 0.1,
+):
     """A small trained MLP (float64) for ``splits``."""
     model = tu.build_model("mlp", splits, seed=seed, hidden=hidden).to(dtype)
     cfg = tu.TrainConfig(lr=lr, epochs=train_epochs, batch_size=8, seed=seed)

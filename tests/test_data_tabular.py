@@ -1,5 +1,6 @@
 """Tabular loaders (tda_utils.data_tabular): fixtures written to tmp_path, the offline
 package-backed datasets, and the real UCI Energy file from ../shared/data when it is present."""
+
 from __future__ import annotations
 
 import os
@@ -16,12 +17,23 @@ from sklearn.model_selection import train_test_split
 import tda_utils.data_tabular as dt
 from tda_utils.data import load_dataset
 
-SHARED_DATA = Path(os.environ.get("FIMO_SHARED_DATA")
-                   or Path(__file__).resolve().parents[2] / "shared" / "data")
+SHARED_DATA = Path(
+    os.environ.get("FIMO_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 REAL_ENERGY = SHARED_DATA / "energy" / "energy_y1.txt"
 
-META_KEYS = {"source", "version", "rows", "rows_dropped", "n_train", "n_test", "features",
-             "default_left_out", "paper_dataset", "substitute_for"}
+META_KEYS = {
+    "source",
+    "version",
+    "rows",
+    "rows_dropped",
+    "n_train",
+    "n_test",
+    "features",
+    "default_left_out",
+    "paper_dataset",
+    "substitute_for",
+}
 
 
 def assert_standardised(x: torch.Tensor, atol: float = 1e-4) -> None:
@@ -32,8 +44,9 @@ def assert_standardised(x: torch.Tensor, atol: float = 1e-4) -> None:
 
 
 def assert_splits_equal(a, b) -> None:
-    for ta, tb in zip(a.train.tensors + a.test.tensors, b.train.tensors + b.test.tensors,
-                      strict=True):
+    for ta, tb in zip(
+        a.train.tensors + a.test.tensors, b.train.tensors + b.test.tensors, strict=True
+    ):
         assert torch.equal(ta, tb)
 
 
@@ -44,6 +57,7 @@ def check_left_out(splits, n: int = 100) -> None:
 
 
 # ----------------------------------------------------------------------------- energy fixtures
+
 
 def energy_table(n: int = 768) -> pd.DataFrame:
     rng = np.random.default_rng(1)
@@ -90,15 +104,19 @@ def test_energy_layouts(energy_files, name):
 
 def test_energy_all_layouts_agree(energy_files):
     d, _ = energy_files
-    a, b, c = (load_dataset("energy", path=d / n)
-               for n in ("ENB2012_data.xlsx", "ENB2012_data.csv", "energy_y1.txt"))
+    a, b, c = (
+        load_dataset("energy", path=d / n)
+        for n in ("ENB2012_data.xlsx", "ENB2012_data.csv", "energy_y1.txt")
+    )
     assert_splits_equal(a, b)
     assert_splits_equal(a, c)
 
 
 def test_energy_small_table_falls_back_to_seeded_left_out(tmp_path):
     energy_table(60).to_csv(tmp_path / "small.csv", sep=";", index=False)
-    with pytest.raises(ValueError, match=r"small.csv' has 60 data rows, the published file has 768"):
+    with pytest.raises(
+        ValueError, match=r"small.csv' has 60 data rows, the published file has 768"
+    ):
         load_dataset("energy", path=tmp_path / "small.csv")
     with pytest.warns(UserWarning, match="too few for the paper's left-out set"):
         s = load_dataset("energy", path=tmp_path / "small.csv", expected_rows=None)
@@ -137,8 +155,12 @@ def test_energy_real_file():
 
 # ----------------------------------------------------------------------------- heloc fixture
 
-HELOC_FEATURES = ["ExternalRiskEstimate", "MSinceOldestTradeOpen", "NumSatisfactoryTrades",
-                  "MSinceMostRecentDelq"]
+HELOC_FEATURES = [
+    "ExternalRiskEstimate",
+    "MSinceOldestTradeOpen",
+    "NumSatisfactoryTrades",
+    "MSinceMostRecentDelq",
+]
 
 
 @pytest.fixture()
@@ -159,7 +181,9 @@ def heloc_csv(tmp_path):
 
 def test_heloc_fixture(heloc_csv):
     path, df, all_missing = heloc_csv
-    with pytest.warns(UserWarning, match=r"heloc.txt\) does not apply .*49 rows, not the paper's 8883"):
+    with pytest.warns(
+        UserWarning, match=r"heloc.txt\) does not apply .*49 rows, not the paper's 8883"
+    ):
         s = load_dataset("heloc", path=path, expected_rows=None)
     kept = df.drop(index=all_missing).reset_index(drop=True)
     assert s.meta["rows"] == 60 and s.meta["rows_dropped"] == len(all_missing)
@@ -211,24 +235,27 @@ def test_heloc_options_and_errors(heloc_csv, tmp_path):
 
 # ----------------------------------------------------------------------------- folktables fixture
 
+
 def acs_frame(n: int = 120) -> pd.DataFrame:
     rng = np.random.default_rng(3)
-    df = pd.DataFrame({
-        "RT": "P",
-        "SERIALNO": [f"2018GQ{i:07d}" for i in range(n)],
-        "PWGTP": rng.integers(0, 60, n),
-        "AGEP": rng.integers(10, 90, n),
-        "COW": rng.integers(1, 9, n).astype(float),
-        "SCHL": rng.integers(1, 25, n).astype(float),
-        "MAR": rng.integers(1, 6, n),
-        "OCCP": rng.choice([10, 440, 2310, 9920], n).astype(float),
-        "POBP": rng.choice([25, 36, 303], n),
-        "RELP": rng.integers(0, 18, n),
-        "WKHP": rng.integers(1, 80, n).astype(float),
-        "SEX": rng.integers(1, 3, n),
-        "RAC1P": rng.integers(1, 10, n),
-        "PINCP": rng.integers(-5000, 150000, n).astype(float),
-    })
+    df = pd.DataFrame(
+        {
+            "RT": "P",
+            "SERIALNO": [f"2018GQ{i:07d}" for i in range(n)],
+            "PWGTP": rng.integers(0, 60, n),
+            "AGEP": rng.integers(10, 90, n),
+            "COW": rng.integers(1, 9, n).astype(float),
+            "SCHL": rng.integers(1, 25, n).astype(float),
+            "MAR": rng.integers(1, 6, n),
+            "OCCP": rng.choice([10, 440, 2310, 9920], n).astype(float),
+            "POBP": rng.choice([25, 36, 303], n),
+            "RELP": rng.integers(0, 18, n),
+            "WKHP": rng.integers(1, 80, n).astype(float),
+            "SEX": rng.integers(1, 3, n),
+            "RAC1P": rng.integers(1, 10, n),
+            "PINCP": rng.integers(-5000, 150000, n).astype(float),
+        }
+    )
     df.loc[rng.random(n) < 0.1, "WKHP"] = np.nan  # non-workers: blank in the Census files
     return df
 
@@ -283,8 +310,9 @@ def test_folktables_reads_zip(acs_root, tmp_path):
     d.mkdir(parents=True)
     with zipfile.ZipFile(d / "csv_pma.zip", "w") as zf:
         zf.write(root / "2018" / "1-Year" / "psam_p25.csv", arcname="psam_p25.csv")
-    assert_splits_equal(load_dataset("folktables", root_dir=zroot),
-                        load_dataset("folktables", root_dir=root))
+    assert_splits_equal(
+        load_dataset("folktables", root_dir=zroot), load_dataset("folktables", root_dir=root)
+    )
 
 
 def test_folktables_errors(tmp_path):
@@ -308,14 +336,18 @@ def test_folktables_missing_package(monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------- shared helper
 
+
 def test_classification_splits_helper():
-    df = pd.DataFrame({
-        "num": [1.0, 2.0, np.nan, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0],
-        "cat": ["a", "b", "a", "b", "a", "b", "a", "b", "a", "zz"],
-    })
+    df = pd.DataFrame(
+        {
+            "num": [1.0, 2.0, np.nan, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0],
+            "cat": ["a", "b", "a", "b", "a", "b", "a", "b", "a", "zz"],
+        }
+    )
     labels = np.arange(10) % 2
-    s = dt.classification_splits("toy", df, labels, ["num"], ["cat"], {}, n_classes=2,
-                                 test_size=0.3)
+    s = dt.classification_splits(
+        "toy", df, labels, ["num"], ["cat"], {}, n_classes=2, test_size=0.3
+    )
     tr_idx, te_idx = train_test_split(np.arange(10), test_size=0.3, random_state=0)
     assert (s.n_train, s.n_test) == (7, 3)
     train_cats = sorted(set(df["cat"].iloc[tr_idx]))
@@ -340,6 +372,7 @@ def test_seeded_left_out():
 
 # ----------------------------------------------------------------------------- offline loaders
 
+
 def test_diabetes():
     s = load_dataset("diabetes")
     assert (s.n_train, s.n_test, s.n_features) == (397, 45, 10) and s.task == "regression"
@@ -359,7 +392,7 @@ def test_credit():
     assert s.train.tensors[1].dtype == torch.int64 and s.n_outputs == 2
     assert s.meta["label_mapping"] == {"good": 0, "bad": 1}
     assert 0.2 < s.train.tensors[1].float().mean() < 0.35  # about a quarter are "bad"
-    assert_standardised(s.train.tensors[0][:, :len(s.meta["numeric_features"])])
+    assert_standardised(s.train.tensors[0][:, : len(s.meta["numeric_features"])])
     assert META_KEYS | {"n_classes", "label", "label_mapping"} <= set(s.meta)
     assert s.meta["substitute_for"] == "heloc"
     check_left_out(s)

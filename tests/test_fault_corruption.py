@@ -1,5 +1,6 @@
 """Fault class: corruption. An unreadable cache item gives a warning naming its path, is moved
 aside (``.corrupt``) and recomputed, ending equal to a clean run; every intact item is kept."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,9 @@ def _wrong_shape(p):
 def problem():
     splits = make_splits("regression")
     model = tiny_model(splits)
-    clean = tu.further_train(model, splits, tu.FurtherTrainingConfig(**KW), cache_dir=None, progress=False)
+    clean = tu.further_train(
+        model, splits, tu.FurtherTrainingConfig(**KW), cache_dir=None, progress=False
+    )
     return splits, model, clean
 
 
@@ -47,7 +50,9 @@ def test_corrupt_seed_item_is_moved_aside_and_recomputed(tmp_path, problem, dama
     (entry,) = (tmp_path / "further_training").iterdir()
     intact = (entry / "seed_0.pt").read_bytes()
     damage(entry / "seed_1.pt")
-    with pytest.warns(cache_mod.CacheWarning, match=rf"cache item {entry / 'seed_1.pt'} is unreadable"):
+    with pytest.warns(
+        cache_mod.CacheWarning, match=rf"cache item {entry / 'seed_1.pt'} is unreadable"
+    ):
         res = tu.further_train(model, splits, cfg, cache_dir=tmp_path, progress=False)
     assert res.from_cache == 1  # seed 0 was kept and read, seed 1 recomputed
     assert torch.equal(res.loss_full, clean.loss_full) and torch.equal(res.loss_loo, clean.loss_loo)
@@ -75,20 +80,43 @@ def test_truncated_config_json_is_replaced_and_items_kept(tmp_path, problem, tex
 def test_corrupt_final_model_is_retrained(tmp_path):
     splits = make_splits("regression")
     cfg = tu.TrainConfig(lr=0.1, epochs=3, batch_size=8)
-    a = tu.train_model(tu.build_model("mlp", splits, hidden=4).double(), splits, cfg, cache_dir=tmp_path,
-                       progress=False)
+    a = tu.train_model(
+        tu.build_model("mlp", splits, hidden=4).double(),
+        splits,
+        cfg,
+        cache_dir=tmp_path,
+        progress=False,
+    )
     (entry,) = (tmp_path / "models").iterdir()
     for damage in (_truncate, _garbage):
         damage(entry / "final.pt")
         with pytest.warns(cache_mod.CacheWarning, match="final.pt is unreadable"):
-            b = tu.train_model(tu.build_model("mlp", splits, hidden=4).double(), splits, cfg,
-                               cache_dir=tmp_path, progress=False)
+            b = tu.train_model(
+                tu.build_model("mlp", splits, hidden=4).double(),
+                splits,
+                cfg,
+                cache_dir=tmp_path,
+                progress=False,
+            )
         for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
             assert ka == kb and torch.equal(va, vb)
     # a state_dict of another shape is refused too
-    torch.save({"state_dict": {"0.weight": torch.zeros(1)}, "history": {}, "seconds": 0.0}, entry / "final.pt")
+    torch.save(
+        {"state_dict": {"0.weight": torch.zeros(1)}, "history": {}, "seconds": 0.0},
+        entry / "final.pt",
+    )
     with pytest.warns(cache_mod.CacheWarning, match="does not match the model's parameters"):
-        tu.train_model(tu.build_model("mlp", splits, hidden=4).double(), splits, cfg, cache_dir=tmp_path,
-                       progress=False)
-    assert sorted(p.name for p in entry.iterdir()) == ["config.json", "final.pt", "final.pt.corrupt",
-                                                       "final.pt.corrupt2", "final.pt.corrupt3"]
+        tu.train_model(
+            tu.build_model("mlp", splits, hidden=4).double(),
+            splits,
+            cfg,
+            cache_dir=tmp_path,
+            progress=False,
+        )
+    assert sorted(p.name for p in entry.iterdir()) == [
+        "config.json",
+        "final.pt",
+        "final.pt.corrupt",
+        "final.pt.corrupt2",
+        "final.pt.corrupt3",
+    ]

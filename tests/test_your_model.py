@@ -1,4 +1,5 @@
 """Bring-your-own model and data (tda_utils.your_model) and notebook 06's smoke runs."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,11 @@ SMOKE = {r.notebook: r for r in reproduce.plan(reproduce.load_manifest(), "smoke
 def _table(tmp_path, n=60, classification=False, split=True):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, 3))
-    y = (x[:, 0] > 0).astype(int) * 2 + 5 if classification else x @ [1.0, -2.0, 0.5] + 0.1 * rng.normal(size=n)
+    y = (
+        (x[:, 0] > 0).astype(int) * 2 + 5
+        if classification
+        else x @ [1.0, -2.0, 0.5] + 0.1 * rng.normal(size=n)
+    )
     df = pd.DataFrame(x, columns=["a", "b", "c"])
     df["target"] = y
     if split:
@@ -35,7 +40,9 @@ def test_csv_regression_and_classification(tmp_path):
     s = ym.load_data(path)
     assert s.task == "regression" and s.n_train == 50 and s.n_test == 10
     assert s.train.tensors[1].shape == (50, 1)
-    assert torch.allclose(s.train.tensors[0].double(), torch.tensor(df[["a", "b", "c"]].to_numpy()[:50]), atol=1e-6)
+    assert torch.allclose(
+        s.train.tensors[0].double(), torch.tensor(df[["a", "b", "c"]].to_numpy()[:50]), atol=1e-6
+    )
     path, df = _table(tmp_path, classification=True, split=False)
     s = ym.load_data(path)
     assert s.task == "classification" and s.n_outputs == 2 and s.meta["class_values"] == [5, 7]
@@ -72,20 +79,30 @@ def test_checkpoint_round_trip_with_a_builder(tmp_path, monkeypatch):
     path, _ = _table(tmp_path)
     s = ym.load_data(path)
     module = type(sys)("my_models_for_test")
-    module.build = lambda splits, width=4: nn.Sequential(nn.Linear(splits.n_features, width), nn.Tanh(),
-                                                         nn.Linear(width, splits.n_outputs))
+    module.build = lambda splits, width=4: nn.Sequential(
+        nn.Linear(splits.n_features, width), nn.Tanh(), nn.Linear(width, splits.n_outputs)
+    )
     monkeypatch.setitem(sys.modules, "my_models_for_test", module)
     torch.manual_seed(1)
     mine = module.build(s, width=5)
     torch.save({"state_dict": mine.state_dict()}, tmp_path / "mine.pt")
-    loaded = ym.load_model(tmp_path / "mine.pt", s, {"builder": "my_models_for_test:build", "width": 5})
+    loaded = ym.load_model(
+        tmp_path / "mine.pt", s, {"builder": "my_models_for_test:build", "width": 5}
+    )
     x = s.test.tensors[0]
     assert torch.equal(loaded(x), mine(x)) and not loaded.training
 
 
 def test_tensors_file(tmp_path):
-    torch.save({"x_train": torch.randn(20, 4), "y_train": torch.arange(20) % 3, "x_test": torch.randn(5, 4),
-                "y_test": torch.arange(5) % 3}, tmp_path / "t.pt")
+    torch.save(
+        {
+            "x_train": torch.randn(20, 4),
+            "y_train": torch.arange(20) % 3,
+            "x_test": torch.randn(5, 4),
+            "y_test": torch.arange(5) % 3,
+        },
+        tmp_path / "t.pt",
+    )
     s = ym.load_data(tmp_path / "t.pt")
     assert s.task == "classification" and s.n_outputs == 3 and s.n_features == 4
 
@@ -115,12 +132,18 @@ def test_dattri_influence_matches_the_closed_form(tmp_path):
     s = ym.load_data(path)
     model = tu.training.fit_linear_exact(tu.build_model("linear", s), s, 0.0)
     lam = 1e-2
-    task = AttributionTask(loss_func=ym.dattri_loss(model, s.task), model=model, checkpoints=model.state_dict())
+    task = AttributionTask(
+        loss_func=ym.dattri_loss(model, s.task), model=model, checkpoints=model.state_dict()
+    )
     att = IFAttributorExplicit(task=task, regularization=lam)
     att.cache(DataLoader(s.train, batch_size=s.n_train))
-    raw = att.attribute(DataLoader(Subset(s.train, [0, 1, 2, 3]), batch_size=4), DataLoader(s.test, batch_size=10))
+    raw = att.attribute(
+        DataLoader(Subset(s.train, [0, 1, 2, 3]), batch_size=4), DataLoader(s.test, batch_size=10)
+    )
     ours = ym.to_query_major(raw, 10, 4, "train_query")
-    H = tu.hessian.explicit_hessian(model, *tu.grads.dataset_tensors(s.train), s.task, "exact").double()
+    H = tu.hessian.explicit_hessian(
+        model, *tu.grads.dataset_tensors(s.train), s.task, "exact"
+    ).double()
     gq = tu.grads.per_sample_grads(model, s.test, task=s.task).double()
     gi = tu.grads.per_sample_grads(model, s.train, [0, 1, 2, 3], task=s.task).double()
     exact = gq @ torch.linalg.solve(H + lam * torch.eye(H.shape[0], dtype=H.dtype), gi.T)
@@ -128,10 +151,17 @@ def test_dattri_influence_matches_the_closed_form(tmp_path):
 
 
 def _run(run, tmp_path):
-    rows = reproduce.run([run], "smoke", reports_dir=tmp_path / "reports", figures_dir=tmp_path / "figures")
+    rows = reproduce.run(
+        [run], "smoke", reports_dir=tmp_path / "reports", figures_dir=tmp_path / "figures"
+    )
     assert rows[0]["status"] == "ok", rows[0]["detail"]
     nb = json.loads((tmp_path / "reports" / f"{run.name}.ipynb").read_text())
-    return "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"])
+    return "".join(
+        "".join(o.get("text", ""))
+        for c in nb["cells"]
+        if c["cell_type"] == "code"
+        for o in c["outputs"]
+    )
 
 
 @pytest.mark.notebook
@@ -142,9 +172,15 @@ def test_06_smoke_run_at_default_files(tmp_path):
     text = _run(run, tmp_path)
     assert "no files given: using the stand-in CSV" in text
     assert "dattri IF: mean cosine with this suite's CG" in text and "same sign" in text
-    for stem in ("fig2_cos_sim_epochs_sgd_your_model", "fig7_cos_sim_seeds_sgd_your_model",
-                 "fig10_attrib_scores_your_model", "fig2_external_scores_your_model"):
-        assert (tmp_path / "figures" / f"{stem}.png").exists() and (tmp_path / "figures" / f"{stem}.pdf").exists()
+    for stem in (
+        "fig2_cos_sim_epochs_sgd_your_model",
+        "fig7_cos_sim_seeds_sgd_your_model",
+        "fig10_attrib_scores_your_model",
+        "fig2_external_scores_your_model",
+    ):
+        assert (tmp_path / "figures" / f"{stem}.png").exists() and (
+            tmp_path / "figures" / f"{stem}.pdf"
+        ).exists()
 
 
 @pytest.mark.notebook
@@ -153,14 +189,26 @@ def test_06_smoke_run_with_a_model_and_data_built_here(tmp_path):
     external scores from a .npy file in (n_left_out, n_query) layout."""
     path, _ = _table(tmp_path, n=90, classification=True)
     s = ym.load_data(path)
-    model = tu.train_model(tu.build_model("mlp", s, hidden=16, depth=1), s, tu.TrainConfig(lr=0.1, epochs=20),
-                           cache_dir=None, progress=False)
+    model = tu.train_model(
+        tu.build_model("mlp", s, hidden=16, depth=1),
+        s,
+        tu.TrainConfig(lr=0.1, epochs=20),
+        cache_dir=None,
+        progress=False,
+    )
     torch.save(model.state_dict(), tmp_path / "clf.pt")
     np.save(tmp_path / "ext.npy", np.random.default_rng(0).normal(size=(6, 8)))
-    params = {**SMOKE["06_your_model"].parameters, "data_path": str(path), "model_path": str(tmp_path / "clf.pt"),
-              "model_spec": {"name": "mlp", "hidden": 16, "depth": 1}, "n_left_out": 6, "name": "mine",
-              "external_scores_path": str(tmp_path / "ext.npy"), "use_dattri": False,
-              "results_dir": str(tmp_path / "results")}
+    params = {
+        **SMOKE["06_your_model"].parameters,
+        "data_path": str(path),
+        "model_path": str(tmp_path / "clf.pt"),
+        "model_spec": {"name": "mlp", "hidden": 16, "depth": 1},
+        "n_left_out": 6,
+        "name": "mine",
+        "external_scores_path": str(tmp_path / "ext.npy"),
+        "use_dattri": False,
+        "results_dir": str(tmp_path / "results"),
+    }
     text = _run(reproduce.Run("06_your_model", None, params), tmp_path)
     assert "mine: classification, 80 training and 10 test instances" in text
     assert "from file: mean cosine" in text and "no files given" not in text
@@ -177,20 +225,39 @@ def test_hugging_face_folder_with_a_text_csv(tmp_path):
 
     tok = load_tokenizer(None)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
     hf = BertModel(cfg, add_pooling_layer=False).eval()
     folder = tmp_path / "hf"
     hf.save_pretrained(folder)
     tok.save_pretrained(folder)
-    texts = ["good food", "terrible service and cold soup", "fine", "would come again", "never again", "ok"] * 3
-    pd.DataFrame({"review": texts, "target": ["pos", "neg", "pos", "pos", "neg", "neg"] * 3,
-                  "split": ["train"] * 12 + ["test"] * 6}).to_csv(tmp_path / "reviews.csv", index=False)
+    texts = [
+        "good food",
+        "terrible service and cold soup",
+        "fine",
+        "would come again",
+        "never again",
+        "ok",
+    ] * 3
+    pd.DataFrame(
+        {
+            "review": texts,
+            "target": ["pos", "neg", "pos", "pos", "neg", "neg"] * 3,
+            "split": ["train"] * 12 + ["test"] * 6,
+        }
+    ).to_csv(tmp_path / "reviews.csv", index=False)
     s = ym.load_data(tmp_path / "reviews.csv", text_column="review", model_path=str(folder))
     assert s.task == "classification" and s.meta["class_values"] == ["neg", "pos"] and s.n_test == 6
     assert torch.equal(s.train.tensors[0][0, :4], torch.tensor(tok("good food")["input_ids"]))
     model = ym.load_model(folder, s, {"trainable": "last_layer"}, cache_dir=None)
-    assert torch.equal(model.embeddings.word_embeddings.weight, hf.embeddings.word_embeddings.weight)
+    assert torch.equal(
+        model.embeddings.word_embeddings.weight, hf.embeddings.word_embeddings.weight
+    )
     assert model.trainable == "last_layer" and not model.training
     assert model.fimo_history["train_loss"][-1] < model.fimo_history["train_loss"][0]
     with pytest.raises(ValueError, match="without config.json"):

@@ -198,7 +198,11 @@ class Context:
         """Per-sample loss gradients (chunk, d) of ``split`` rows ``indices`` (None: all)."""
         inputs, target = self._split(split) if indices is None else self.rows(split, indices)
         yield from iter_per_sample_grads(
-            self.model, inputs, target, self.task, memory_budget_mb=self.budget_mb / 2,
+            self.model,
+            inputs,
+            target,
+            self.task,
+            memory_budget_mb=self.budget_mb / 2,
             loss_fn=self.loss_fn,
         )
 
@@ -221,7 +225,11 @@ class Context:
     def lambda0(self) -> float:
         """The mean squared per-sample training-gradient entry, sum_j ||g_j||^2 / (n d)."""
         return grad_stats(
-            self.model, self.tr_inputs, self.tr_target, self.task, self.budget_mb / 2,
+            self.model,
+            self.tr_inputs,
+            self.tr_target,
+            self.task,
+            self.budget_mb / 2,
             loss_fn=self.loss_fn,
         )["lambda0"]
 
@@ -329,8 +337,10 @@ def jacobian_gnh(ctx: Context, hessian: str, hvp_mode: str) -> JacobianGNH | Non
     memory budget), else None (products by jvp/vjp or jvp-of-grad).
     """
     if ctx.loss_fn is not None and hessian == "gnh":
-        raise ValueError("loss_fn (a custom loss) needs hessian='exact': the Gauss-Newton Hessian "
-                         "assumes the built-in MSE / cross-entropy loss")
+        raise ValueError(
+            "loss_fn (a custom loss) needs hessian='exact': the Gauss-Newton Hessian "
+            "assumes the built-in MSE / cross-entropy loss"
+        )
     if hvp_mode == "autodiff":
         return None
     if hessian != "gnh":

@@ -35,8 +35,16 @@ FAMILIES = ("first_order", "influence", "unified")
 DAMPING_KINDS = ("none", "lambda0", "features")
 #: methods that accept a custom ``loss_fn`` (per-sample gradients and exact / autodiff Hessians
 #: only; the others assume the built-in loss's output Hessian or outputs)
-CUSTOM_LOSS_METHODS = ("grad_dot", "grad_cos", "datainf", "cg", "lissa", "lissa_h", "if_explicit",
-                       "if_time")
+CUSTOM_LOSS_METHODS = (
+    "grad_dot",
+    "grad_cos",
+    "datainf",
+    "cg",
+    "lissa",
+    "lissa_h",
+    "if_explicit",
+    "if_time",
+)
 
 #: a method: fn(model, splits, train_indices (list), query_indices (list), options) ->
 #: (values (n_query, n_train_indices), diagnostics dict)
