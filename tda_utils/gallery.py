@@ -182,7 +182,8 @@ def _figure_card(png: Path, index_dir: Path, wide: bool = False) -> str:
     src = html.escape(_rel(png, index_dir))
     cls = "card wide" if wide else "card"
     return (
-        f'<figure class="{cls}"><a href="{src}"><img src="{src}" alt="{html.escape(png.stem)}" loading="lazy"></a>'
+        f'<figure class="{cls}"><a href="{src}">'
+        f'<img src="{src}" alt="{html.escape(png.stem)}" loading="lazy"></a>'
         f"<figcaption>{html.escape(png.stem)} · {links}</figcaption></figure>"
     )
 
@@ -193,7 +194,8 @@ def _fmt_time(seconds: float) -> str:
 
 def _runs_table(runs: Sequence[Mapping[str, Any]], reports: Path, index_dir: Path) -> str:
     head = (
-        "<tr><th>run</th><th>status</th><th>runtime</th><th>report</th><th>git commit</th><th>device</th>"
+        "<tr><th>run</th><th>status</th><th>runtime</th><th>report</th><th>git commit</th>"
+        "<th>device</th>"
         "<th>threads</th><th>finished (UTC)</th><th>detail</th></tr>"
     )
     body = []
@@ -209,8 +211,10 @@ def _runs_table(runs: Sequence[Mapping[str, Any]], reports: Path, index_dir: Pat
             f"<td>{_fmt_time(float(r.get('wall_s', 0.0)))}</td><td>{links or '-'}</td>"
             f"<td><code>{html.escape(str(p.get('git_commit', '-')))}</code></td>"
             f"<td>{html.escape(str(p.get('device', '-')))}</td>"
-            f"<td>{html.escape(str(p.get('torch_threads', '-')))} of {html.escape(str(p.get('cpu_count', '-')))}</td>"
-            f"<td>{html.escape(str(p.get('time', '-')))}</td><td>{html.escape(str(r.get('detail', '')))}</td></tr>"
+            f"<td>{html.escape(str(p.get('torch_threads', '-')))} of "
+            f"{html.escape(str(p.get('cpu_count', '-')))}</td>"
+            f"<td>{html.escape(str(p.get('time', '-')))}</td>"
+            f"<td>{html.escape(str(r.get('detail', '')))}</td></tr>"
         )
     total = sum(float(r.get("wall_s", 0.0)) for r in runs)
     return (
@@ -237,19 +241,25 @@ def _environment(runs: Sequence[Mapping[str, Any]]) -> str:
             for k, v in rows
         )
         parts.append(
-            f'<p>Runs: {html.escape(", ".join(sorted(names)))}</p><table class="data">{cells}</table>'
+            f"<p>Runs: {html.escape(', '.join(sorted(names)))}</p>"
+            f'<table class="data">{cells}</table>'
         )
     return "".join(parts) or "<p>No provenance recorded.</p>"
 
 
-CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table.data{border-collapse:collapse;font-size:.85em;margin:.5em 0}
-table.data td,table.data th{border:1px solid #ddd;padding:3px 7px;text-align:left}
-table.data th{background:#f3f3f3}tr.failed td{background:#fde2e2}tr.skipped td{color:#777}
-.grid{display:flex;flex-wrap:wrap;gap:12px}.card{margin:0;width:300px}.card img{width:100%;border:1px solid #ddd}
-.card.wide{width:calc(50% - 6px)}figcaption{font-size:.8em;color:#555}nav a{margin-right:1em}
-details{margin:.5em 0}"""
+CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;padding:0 1em;"
+    "color:#222}\n"
+    "h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}\n"
+    "table.data{border-collapse:collapse;font-size:.85em;margin:.5em 0}\n"
+    "table.data td,table.data th{border:1px solid #ddd;padding:3px 7px;text-align:left}\n"
+    "table.data th{background:#f3f3f3}tr.failed td{background:#fde2e2}tr.skipped td{color:#777}\n"
+    ".grid{display:flex;flex-wrap:wrap;gap:12px}.card{margin:0;width:300px}"
+    ".card img{width:100%;border:1px solid #ddd}\n"
+    ".card.wide{width:calc(50% - 6px)}figcaption{font-size:.8em;color:#555}"
+    "nav a{margin-right:1em}\n"
+    "details{margin:.5em 0}"
+)
 
 
 def build_gallery(
@@ -269,8 +279,9 @@ def build_gallery(
             ``runs.json``); None shows what ``runs.json`` holds, and reports without a record as
             status "unknown".
         root: repository root (default: ``repo_root()``).
-        reports_dir, figures_dir, results_dir: default ``<root>/reports/<profile>``,
-            ``<root>/figures/<profile>`` and ``default_results_dir()``.
+        reports_dir: the executed notebooks (default ``<root>/reports/<profile>``).
+        figures_dir: the figures (default ``<root>/figures/<profile>``).
+        results_dir: the results folder (default ``default_results_dir()``).
         prov: provenance of ``rows`` (default: ``provenance(root)``).
 
     Returns:
@@ -363,10 +374,14 @@ def build_gallery(
     )
     n_ok = sum(r.get("status") == "ok" for r in runs)
     page = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>fimo-tda: {html.escape(profile)} '
-        f"profile</title><style>{CSS}</style></head><body><h1>fimo-tda results: profile <code>{html.escape(profile)}"
-        f"</code></h1><p>Final-model-only training data attribution (Wei et al., NeurIPS 2025), reproduced by "
-        f"<code>python -m tda_utils.reproduce --profile {html.escape(profile)}</code>. {n_ok} of {len(runs)} runs ok. "
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>fimo-tda: {html.escape(profile)} "
+        f"profile</title><style>{CSS}</style></head><body>"
+        f"<h1>fimo-tda results: profile <code>{html.escape(profile)}"
+        f"</code></h1><p>Final-model-only training data attribution "
+        f"(Wei et al., NeurIPS 2025), reproduced by "
+        f"<code>python -m tda_utils.reproduce --profile {html.escape(profile)}</code>. "
+        f"{n_ok} of {len(runs)} runs ok. "
         f"Page built {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}.</p>"
         f"<nav>{nav}</nav>{body}</body></html>\n"
     )

@@ -88,6 +88,7 @@ class SmallCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(n, n_classes)`` of images ``x`` of shape ``(n, C, H, W)``."""
         return self.classifier(self.features(x))
 
 
@@ -184,6 +185,7 @@ class ResNet9(nn.Module):
         self.logit_scale = float(logit_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(n, n_classes)`` (times ``logit_scale``) of images ``x`` ``(n, C, H, W)``."""
         x = self.layer3(self.layer2(self.layer1(self.prep(x))))
         return self.linear(self.flatten(self.pool(x))) * self.logit_scale
 

@@ -139,6 +139,7 @@ class BertClassifier(nn.Module):
         return self.embeddings(input_ids=input_ids)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Head outputs at the first ([CLS]) position: token ids ``(n, L)`` or hidden states."""
         hidden = self.embed(x) if self.embeddings is not None else x
         hidden = self.run_layers(hidden, attention_mask)
         return self.classifier(hidden[:, 0])

@@ -6,7 +6,8 @@ Public: ``load_manifest``, ``plan``, ``run``, ``main``, ``Run``.
 overrides; ``--set KEY=VALUE`` overrides a parameter of every selected run (the value is read as
 YAML, e.g. ``--set data_path=/data/energy.txt --set n_seeds=2``). In a profile with
 ``skip_missing_data: true`` a run whose ``data_path`` does not exist is skipped (status
-``skipped``, naming the path) instead of failing. Each run executes ``notebooks/<notebook>.ipynb`` with papermill into
+``skipped``, naming the path) instead of failing. Each run executes
+``notebooks/<notebook>.ipynb`` with papermill into
 ``reports/<profile>/<notebook>__<dataset>.ipynb``; figures go to ``figures/<profile>/``. A
 progress bar runs across runs, a summary table (run, status, wall time) is printed at the end,
 and the exit status is non-zero when any run failed (the failing cell is named).
@@ -48,6 +49,7 @@ class Run:
 
     @property
     def name(self) -> str:
+        """``<notebook>__<dataset>``, or the notebook alone when the run has no dataset."""
         return f"{self.notebook}__{self.dataset}" if self.dataset else self.notebook
 
     def missing_data(self, root: Path) -> Path | None:
@@ -170,7 +172,8 @@ def plan(
             notebooks = sorted({r.notebook for r in runs})
             if nb not in notebooks:
                 raise ValueError(
-                    f"notebook {nb!r} is not in profile {profile!r}; allowed values: {', '.join(notebooks)}"
+                    f"notebook {nb!r} is not in profile {profile!r}; "
+                    f"allowed values: {', '.join(notebooks)}"
                 )
             match = [r for r in runs if r.notebook == nb]
             if ds:
@@ -233,7 +236,8 @@ def run(
                     "status": "skipped",
                     "wall_s": 0.0,
                     "report": str(out),
-                    "detail": f"no data at data_path={str(missing)!r} (see the README's Data section)",
+                    "detail": f"no data at data_path={str(missing)!r} "
+                    "(see the README's Data section)",
                 }
             )
             continue
@@ -323,6 +327,7 @@ def format_summary(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (``argv`` defaults to ``sys.argv[1:]``); returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m tda_utils.reproduce", description=__doc__.splitlines()[0]
     )

@@ -4,7 +4,7 @@ Public: ``epoch_orders``, ``batch_slices``, ``make_optimizer``, ``train_model``,
 ``model_key``, ``fit_linear_exact``, ``DivergenceError``,
 ``divergence_message``.
 
-Batch order (design.md §6): seed s makes ``torch.Generator().manual_seed(s)`` and each epoch's
+Batch order: seed s makes ``torch.Generator().manual_seed(s)`` and each epoch's
 order is what ``torch.utils.data.RandomSampler(train, generator=g)`` yields for that epoch (torch's
 sampler draws a second, discarded permutation per epoch; we iterate the sampler itself).
 Batches are consecutive chunks of that order.
@@ -44,7 +44,7 @@ def divergence_message(run: str, epoch: int, step: int, lr: float) -> str:
 
 
 def epoch_orders(n: int, seed: int, epochs: int) -> Iterator[torch.Tensor]:
-    """Yield ``epochs`` permutations of range(n) (int64 tensors) from RandomSampler seeded by seed."""
+    """Yield ``epochs`` permutations of range(n) (int64) from a RandomSampler seeded by seed."""
     g = torch.Generator().manual_seed(int(seed))
     sampler = RandomSampler(range(n), generator=g)
     for _ in range(epochs):
@@ -246,7 +246,8 @@ def fit_linear_exact(model: nn.Module, splits: Splits, weight_decay: float = 0.0
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if splits.task != "regression" or len(layers) != 1 or layers[0].bias is None:
         raise ValueError(
-            "fit_linear_exact needs a regression task and a model with one nn.Linear layer with bias "
+            "fit_linear_exact needs a regression task and a model with one nn.Linear layer "
+            "with bias "
             "(build_model('linear', splits))"
         )
     lin = layers[0]

@@ -107,7 +107,8 @@ def load_table(
     df = pd.read_csv(path)
     if target_column not in df.columns:
         raise ValueError(
-            f"target_column={target_column!r} is not a column of {path}; columns: {list(df.columns)}"
+            f"target_column={target_column!r} is not a column of {path}; "
+            f"columns: {list(df.columns)}"
         )
     if split_column in df.columns:
         bad = sorted(set(df[split_column].astype(str)) - {"train", "test"})
@@ -128,7 +129,8 @@ def load_table(
 
         if text_column not in df.columns:
             raise ValueError(
-                f"text_column={text_column!r} is not a column of {path}; columns: {list(df.columns)}"
+                f"text_column={text_column!r} is not a column of {path}; "
+                f"columns: {list(df.columns)}"
             )
         if task != "classification":
             raise ValueError("a text column needs a classification target (bert_classifier)")
@@ -203,7 +205,8 @@ def load_data(data_path: str | os.PathLike, **options: Any) -> Splits:
             data_path, **{k: v for k, v in options.items() if k in ("task", "name")}
         )
     raise ValueError(
-        f"data_path={str(data_path)!r} must end in .csv or .pt (allowed: a CSV with a target column, "
+        f"data_path={str(data_path)!r} must end in .csv or .pt "
+        "(allowed: a CSV with a target column, "
         "or a .pt file of x_train/y_train/x_test/y_test tensors)"
     )
 
@@ -251,7 +254,8 @@ def load_model(
 
         if not (path / "config.json").exists():
             raise ValueError(
-                f"model_path={str(path)!r} is a folder without config.json (not a Hugging Face model)"
+                f"model_path={str(path)!r} is a folder without config.json "
+                "(not a Hugging Face model)"
             )
         opts = dict(model_spec or {})
         if opts.pop("name", "bert_classifier") != "bert_classifier" or "builder" in opts:
@@ -346,19 +350,21 @@ def write_example(
 def to_query_major(
     scores, n_query: int, n_train: int, layout: str = "query_train", sign: int = 1
 ) -> torch.Tensor:
-    """External scores in the suite's convention: float64 ``(n_query, n_train)``, positive = helpful.
+    """External scores in the suite's convention: float64 ``(n_query, n_train)``, + = helpful.
 
     Args:
         scores: array-like of shape ``(n_query, n_train)`` (``layout="query_train"``) or
             ``(n_train, n_query)`` (``layout="train_query"``, e.g. dattri).
-        n_query, n_train: the expected sizes (checked).
+        n_query: the expected number of queries (checked).
+        n_train: the expected number of training examples (checked).
         layout: "query_train" | "train_query".
         sign: +1 when the library's positive means helpful, -1 when it means harmful.
     """
     check_choice("layout", layout, LAYOUTS)
     if sign not in (1, -1):
         raise ValueError(
-            f"sign={sign!r} is not valid; allowed values: 1 (positive = helpful), -1 (positive = harmful)"
+            f"sign={sign!r} is not valid; "
+            "allowed values: 1 (positive = helpful), -1 (positive = harmful)"
         )
     s = torch.as_tensor(
         np.asarray(scores.detach().cpu() if torch.is_tensor(scores) else scores)

@@ -95,12 +95,14 @@ def test_runner_rejects_unknown_profile_notebook_dataset():
         reproduce.plan(manifest, "fast")
     with pytest.raises(
         ValueError,
-        match=r"notebook '07_audio' is not in profile 'cpu'; allowed values: 00_unified_view_tutorial, 01_tabular_regression",
+        match=r"notebook '07_audio' is not in profile 'cpu'; "
+        r"allowed values: 00_unified_view_tutorial, 01_tabular_regression",
     ):
         reproduce.plan(manifest, "cpu", ["07_audio"])
     with pytest.raises(
         ValueError,
-        match=r"dataset 'iris' is not run by 01_tabular_regression .*allowed values: concrete, diabetes",
+        match=r"dataset 'iris' is not run by 01_tabular_regression "
+        r".*allowed values: concrete, diabetes",
     ):
         reproduce.plan(manifest, "cpu", ["01_tabular_regression:iris"])
     assert reproduce.main(["--profile", "fast"]) == 2

@@ -25,8 +25,8 @@ WORKER = textwrap.dedent("""
     from tests.conftest import make_splits, tiny_model
     splits = make_splits("regression")
     model = tiny_model(splits)
-    cfg = tu.FurtherTrainingConfig(lr=0.05, epochs=2, batch_size=8, seeds=[0, 1, 2], left_out=[0, 4, 7],
-                                   dtype="float64", max_runs_per_chunk=4)
+    cfg = tu.FurtherTrainingConfig(lr=0.05, epochs=2, batch_size=8, seeds=[0, 1, 2],
+                                   left_out=[0, 4, 7], dtype="float64", max_runs_per_chunk=4)
     res = tu.further_train(model, splits, cfg, cache_dir={root!r}, progress=False)
     torch.save({{"full": res.loss_full, "loo": res.loss_loo}}, {out!r})
 """)

@@ -22,7 +22,8 @@ def _main(capsys, *argv):
     [
         (
             ["--set", "n_seed=3"],
-            r"^error: --set n_seed: not a parameter of the selected notebooks; did you mean n_seeds",
+            r"^error: --set n_seed: not a parameter of the selected notebooks; "
+            r"did you mean n_seeds",
         ),
         (["--set", "n_seeds=[1,"], r"^error: --set 'n_seeds=\[1,': the value is not valid YAML"),
         (

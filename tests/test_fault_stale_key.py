@@ -54,7 +54,8 @@ def test_schema_version_rule_numbers_unchanged(engine):
             float(r.attribution()[-1].abs().sum()),
         )
         assert got == pytest.approx(want, rel=1e-10), (
-            f"further_train ({engine}, {opt}) changed its numbers: bump SCHEMA_VERSION and record them"
+            f"further_train ({engine}, {opt}) changed its numbers: "
+            "bump SCHEMA_VERSION and record them"
         )
 
 

@@ -96,7 +96,7 @@ def test_permutation_runs_use_exactly_those_batches():
 
 
 def test_every_batch_loss_formula():
-    """every_batch: each step minimises mean batch loss - loss_i / n_train on the full run's batches."""
+    """every_batch: each step minimises mean batch loss - loss_i / n_train on the full batches."""
     splits = make_splits("regression", n_train=7, n_test=3, d=2)
     model = torch.nn.Sequential(torch.nn.Linear(2, 1)).double()
     x, y = splits.train.tensors

@@ -166,7 +166,7 @@ def _run(run, tmp_path):
 
 @pytest.mark.notebook
 def test_06_smoke_run_at_default_files(tmp_path):
-    """The smoke profile's 06: no files given, so it writes and reads the stand-in CSV + checkpoint."""
+    """The smoke profile's 06: no files given, so it writes and reads the stand-in CSV and model."""
     run = SMOKE["06_your_model"]
     run.parameters = {**run.parameters, "results_dir": str(tmp_path / "results")}
     text = _run(run, tmp_path)
