@@ -39,11 +39,12 @@ from .cache import Cache, default_results_dir
 from .config import FurtherTrainingConfig, check_indices, stable_hash, to_dict
 from .data import Splits
 from .grads import activation_numel, dataset_tensors, frozen_state, trainable_params
-from .models import per_sample_loss
+from .models import per_sample_loss, query_loss
 from .training import batch_slices, epoch_orders, make_optimizer
 
 
 QUERY_CHUNK = 128  # queries evaluated at once per run by the vectorized engine
+QUERY_LOSS = "float64-log1p"  # how query losses are evaluated (part of the cache key)
 
 # ----------------------------------------------------------------------------------------------
 # Result
@@ -187,6 +188,7 @@ def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
 
     params0 = trainable_params(model)
     key_cfg = {**to_dict(cfg), "seeds": None, "memory_budget_mb": None, "max_runs_per_chunk": None}
+    key_cfg["query_loss"] = QUERY_LOSS
     key = stable_hash(key_cfg, splits.name, splits.task, list(queries), *params0.values(),
                       *frozen_state(model).values(), *data.train.tensors, *data.test.tensors)
     root = default_results_dir() if cache_dir is ... else cache_dir
@@ -240,15 +242,14 @@ class _Sequential(_Engine):
 
     @torch.no_grad()
     def _query_losses(self, model) -> torch.Tensor:
-        return per_sample_loss(model(*self.q_inputs), self.q_target, self.task)
+        return query_loss(model(*self.q_inputs), self.q_target, self.task)
 
     def _one_run(self, seed: int, run: int | None) -> torch.Tensor:
         cfg = self.cfg
         model = copy.deepcopy(self.model)
         opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr,
                              cfg.weight_decay, cfg.betas, cfg.eps)
-        dtype = next(model.parameters()).dtype
-        losses = torch.empty(len(self.points), len(self.q_target), dtype=dtype)
+        losses = torch.empty(len(self.points), len(self.q_target), dtype=torch.float64)
         if (0, 0) in self.eval_at:
             losses[self.eval_at[(0, 0)]] = self._query_losses(model)
         for epoch, perm in enumerate(epoch_orders(self.n, seed, self.last_epoch)):
@@ -350,7 +351,7 @@ class _Vectorized(_Engine):
         is_loo = run_id > 0
         lo_idx = torch.tensor([self.left_out[r - 1] if r > 0 else 0 for _, r in pairs], dtype=torch.long)
         dtype = next(iter(self.params0.values())).dtype
-        losses = torch.empty(len(self.points), R, len(self.q_target), dtype=dtype)
+        losses = torch.empty(len(self.points), R, len(self.q_target), dtype=torch.float64)
         if (0, 0) in self.eval_at:
             losses[self.eval_at[(0, 0)]] = self._query_losses(params)
         gens = [epoch_orders(n, s, self.last_epoch) for s in seeds]
@@ -384,13 +385,13 @@ class _Vectorized(_Engine):
         if self.mlp is not None:
             x = self.q_inputs[0]
             out = self.mlp.forward(params, x.expand(next(iter(params.values())).shape[0], *x.shape))[-1]
-            return per_sample_loss(out, self.q_target.expand(out.shape[0], *self.q_target.shape), self.task)
+            return query_loss(out, self.q_target.expand(out.shape[0], *self.q_target.shape), self.task)
         detached = {k: v.detach() for k, v in params.items()}
         parts = []
         for sl in batch_slices(len(self.q_target), QUERY_CHUNK):  # queries in chunks bound the memory
             out = self.fwd_shared(detached, tuple(x[sl] for x in self.q_inputs))  # (R, chunk, k)
             target = self.q_target[sl]
-            parts.append(per_sample_loss(out, target.expand(out.shape[0], *target.shape), self.task))
+            parts.append(query_loss(out, target.expand(out.shape[0], *target.shape), self.task))
         return torch.cat(parts, dim=1)
 
 

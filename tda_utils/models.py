@@ -1,6 +1,7 @@
 """Model registry.
 
-Public: ``build_model``, ``register_model``, ``MODELS``, ``loss_fn``, ``per_sample_loss``.
+Public: ``build_model``, ``register_model``, ``MODELS``, ``loss_fn``, ``per_sample_loss``,
+``query_loss``.
 
 ``build_model(name, splits, seed)`` calls ``torch.manual_seed(seed)`` and then creates the layers
 in order, so the initial parameters match the authors' code bit for bit (design.md §6).
@@ -74,6 +75,23 @@ def per_sample_loss(output: torch.Tensor, target: torch.Tensor, task: str) -> to
         return ((output - target) ** 2).mean(-1)
     logp = torch.log_softmax(output, dim=-1)
     return -logp.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
+
+
+def query_loss(output: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
+    """Per-query loss in float64 from model outputs of any dtype, shape (...,).
+
+    The outputs are cast to float64 first, so a confident query's cross-entropy is not rounded to
+    0 (in float32, log(1 + 1e-8) is exactly 0 and its tau would vanish). Classification uses
+    ``log1p(sum_{j != y} exp(z_j - z_y))`` while the target logit is the largest (accurate down to
+    exp(-745)), else ``logsumexp(z - z_y)``; regression is ``models.per_sample_loss``.
+    """
+    output = output.double()
+    if task == "regression":
+        return per_sample_loss(output, target.double(), task)
+    d = output - output.gather(-1, target.long().unsqueeze(-1))  # z_j - z_y, 0 at the target
+    others = d.scatter(-1, target.long().unsqueeze(-1), float("-inf"))
+    small = torch.log1p(others.clamp(max=0).exp().sum(-1))
+    return torch.where(others.amax(-1) > 0, torch.logsumexp(d, dim=-1), small)
 
 
 def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -1,0 +1,74 @@
+"""Fidelity of the measurement: float64 query losses, dropped-query accounting in agreement."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import tda_utils as tu
+from tda_utils.models import per_sample_loss, query_loss
+
+from .conftest import make_splits
+
+
+# ---------------------------------------------------------------- float64 query losses
+def test_query_loss_matches_cross_entropy_and_keeps_tiny_losses():
+    z = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0], [40.0, 0.0, -5.0], [400.0, 0.0, 10.0],
+                      [-2.0, 800.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([0, 2, 0, 0, 0])
+    got = query_loss(z, y, "classification")
+    assert got.dtype == torch.float64
+    # moderate margins: the ordinary cross-entropy
+    assert torch.allclose(got[:2], per_sample_loss(z[:2], y[:2], "classification"), rtol=1e-14, atol=0)
+    # confident: log(1 + e^-40 + e^-45) ~ e^-40 + e^-45 (relative error ~e^-40)
+    assert math.isclose(float(got[2]), math.exp(-40) + math.exp(-45), rel_tol=1e-12)
+    assert math.isclose(float(got[3]), math.exp(-400) + math.exp(-390), rel_tol=1e-12)
+    assert float(per_sample_loss(z[2:4], y[2:4], "classification").abs().max()) == 0.0  # the old formula
+    # badly wrong: logsumexp branch, no overflow
+    assert math.isclose(float(got[4]), 802.0, rel_tol=1e-12)
+    # regression: float64 squared error from float32 outputs
+    out = torch.tensor([[1.5], [0.25]], dtype=torch.float32)
+    t = torch.tensor([[1.0], [0.0]], dtype=torch.float32)
+    assert query_loss(out, t, "regression").tolist() == [0.25, 0.0625]
+
+
+def _confident_problem():
+    """float32 logistic model where query 0 is classified with a margin of ~30 logits."""
+    splits = make_splits("classification", n_train=20, n_test=4, d=3, n_classes=2, dtype=torch.float32)
+    x, y = splits.test.tensors
+    model = tu.build_model("linear", splits, seed=0)
+    with torch.no_grad():
+        w = torch.zeros(2, 3)
+        w[int(y[0]), :] = 30.0 * x[0] / x[0].norm() ** 2  # logit gap 30 on query 0
+        model[0].weight.copy_(w)
+        model[0].bias.zero_()
+    return splits, model
+
+
+@pytest.mark.parametrize("engine", ["sequential", "vectorized"])
+def test_confident_query_gets_a_nonzero_tau(engine):
+    splits, model = _confident_problem()
+    xq, yq = splits.test.tensors
+    with torch.no_grad():
+        ce32 = per_sample_loss(model(xq[:1]), yq[:1], "classification")
+    assert float(ce32) == 0.0  # float32 rounds this query's loss to exactly 0
+    cfg = tu.FurtherTrainingConfig(lr=0.1, epochs=2, batch_size=5, seeds=[0, 1], left_out=[0, 3, 7],
+                                   dtype="float32", engine=engine)
+    gold = tu.further_train(model, splits, cfg, cache_dir=None, progress=False)
+    assert gold.loss_full.dtype == torch.float64
+    assert float(gold.loss_full[-1, :, 0].min()) > 0
+    tau = gold.attribution(subtract_mean=False)
+    assert float(tau[-1, 0].abs().max()) > 0
+    assert float(tau[-1, 0].abs().max()) < 1e-6  # tiny, as a loss of ~e^-30 should be
+
+
+def test_engines_agree_on_confident_query_losses():
+    splits, model = _confident_problem()
+    kw = dict(lr=0.1, epochs=2, batch_size=5, seeds=[0], left_out=[0, 3], dtype="float32")
+    seq = tu.further_train(model, splits, tu.FurtherTrainingConfig(engine="sequential", **kw), cache_dir=None,
+                           progress=False)
+    vec = tu.further_train(model, splits, tu.FurtherTrainingConfig(engine="vectorized", **kw), cache_dir=None,
+                           progress=False)
+    rel = (vec.loss_loo - seq.loss_loo).abs() / seq.loss_loo.abs()
+    assert float(rel.max()) < 1e-4
