@@ -72,3 +72,40 @@ def test_engines_agree_on_confident_query_losses():
                            progress=False)
     rel = (vec.loss_loo - seq.loss_loo).abs() / seq.loss_loo.abs()
     assert float(rel.max()) < 1e-4
+
+
+# ---------------------------------------------------------------- dropped queries in agreement
+def test_agreement_counts_dropped_queries_and_offers_the_authors_convention():
+    tau = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [1.0, -1.0, 0.5], [2.0, 1.0, 0.0]]])
+    scores = torch.tensor([[1.0, 2.0, 2.5], [1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, -1.0]])
+    cos = [float(torch.nn.functional.cosine_similarity(tau[0, q].double(), scores[q].double(), dim=0))
+           for q in (0, 3)]
+    c = tu.agreement(tau, scores)
+    assert c.n_nan.tolist() == [2] and c.n_dropped.tolist() == [2]
+    assert math.isclose(float(c.mean[0]), sum(cos) / 2, rel_tol=1e-12)
+    assert math.isclose(float(c.sem[0]), abs(cos[0] - cos[1]) / 2, rel_tol=1e-12)  # std(2 values)/sqrt 2
+    z = tu.agreement(tau, scores, nan_as_zero=True)
+    assert z.n_nan.tolist() == [2] and z.n_dropped.tolist() == [0]
+    assert math.isclose(float(z.mean[0]), sum(cos) / 4, rel_tol=1e-12)
+    # the authors' cosine: torch's F.cosine_similarity (eps-clamped norms) gives 0 for a zero row
+    authors = torch.nn.functional.cosine_similarity(tau[0].double(), scores.double(), dim=-1)
+    assert torch.allclose(z.values[0], authors, atol=1e-12)
+    assert math.isclose(float(z.sem[0]), float(authors.std() / 2), rel_tol=1e-12)
+
+
+def test_agreement_nan_as_zero_spearman_and_errors():
+    tau = torch.tensor([[[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]], [[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]])
+    scores = torch.tensor([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]])
+    c = tu.agreement(tau, scores, metric="spearman")
+    assert c.n_dropped.tolist() == [1, 0] and math.isclose(float(c.mean[0]), 1.0)
+    z = tu.agreement(tau, scores, metric="spearman", nan_as_zero=True)
+    assert z.n_dropped.tolist() == [0, 0] and math.isclose(float(z.mean[0]), 0.5)
+    assert torch.equal(z.mean[1], c.mean[1])
+    with pytest.raises(ValueError, match="nan_as_zero"):
+        tu.agreement(tau, scores, nan_as_zero="yes")
+
+
+def test_curve_built_without_n_dropped_takes_n_nan():
+    c = tu.Curve(mean=torch.zeros(2), sem=torch.zeros(2), values=torch.zeros(2, 3),
+                 n_nan=torch.tensor([1, 0]), metric="cosine")
+    assert c.n_dropped.tolist() == [1, 0]
