@@ -1,22 +1,53 @@
-"""Config-keyed, resumable, atomic on-disk cache.
+"""Config-keyed, resumable, atomic on-disk cache that is safe to share.
 
-Public: ``Cache``, ``atomic_save``, ``default_results_dir``, ``repo_root``.
+Public: ``Cache``, ``atomic_save``, ``atomic_write_text``, ``default_results_dir``, ``repo_root``,
+``repo_path``, ``model_fingerprint``, ``SCHEMA_VERSION``, ``CacheWarning``, ``UnsafeCacheItemError``.
 
 Entries live in ``<root>/<kind>/<key>/``. Each entry directory holds ``config.json`` (the full
-configuration the key was made from) and one or more ``*.pt`` items. Items are written to a
-temporary file and moved into place with ``os.replace``, so an interrupted write never leaves a
-corrupt item; a key whose stored config differs from the requested one is never reused (it
-raises, since that means a hash collision or a hand-edited cache).
+configuration the key was made from) and one or more ``*.pt`` items.
+
+* **Concurrency.** Every write goes to a uniquely named temporary file in the same folder and is
+  moved into place with ``os.replace``: several processes may create the same entry or item at
+  once; whoever finishes last replaces an identical file, and nobody fails.
+* **Only plain data.** Items are read with ``torch.load(weights_only=True)``: tensors, numbers,
+  strings, lists, tuples and dicts. A file whose pickle names any other object (for example one
+  that would run code) is refused with ``UnsafeCacheItemError`` and never executed.
+* **Corruption.** An item or ``config.json`` that cannot be read (truncated, empty, garbage, or
+  rejected by the caller's ``check``) gives a ``CacheWarning`` naming the path, is moved aside to
+  ``<name>.corrupt`` and counts as missing, so it is recomputed; the other items are kept.
+* **Staleness.** The directory key is the caller's key hashed with ``SCHEMA_VERSION``; a stored
+  config that differs from the requested one after normalising defaults raises (a hash collision
+  or a hand-edited cache).
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import os
+import pickle
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+# Bump SCHEMA_VERSION whenever an engine, a method or a training routine changes the numbers it
+# caches (a bug fix, a new default, another arithmetic order): every cache key includes it, so old
+# entries are never returned for the new code (they stay on disk, under their old keys).
+# History: 1 = first release; 2 = model class and structure in the keys, plain-data items.
+SCHEMA_VERSION = 2
+
+
+class CacheWarning(UserWarning):
+    """A cache item could not be read; it was moved aside and will be recomputed."""
+
+
+class UnsafeCacheItemError(RuntimeError):
+    """A cache file holds pickled objects other than plain data; it was not loaded."""
 
 
 def repo_root() -> Path:
@@ -40,14 +71,13 @@ def default_results_dir() -> Path:
     return Path(env) if env else repo_root() / "results"
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` into ``path``."""
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -57,30 +87,104 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a uniquely named temporary file beside ``path``, then ``os.replace``."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a uniquely named temporary file."""
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, str]:
+    """What identifies a model's function beyond its parameters, for cache keys.
+
+    ``class``: the module's qualified class name; ``structure``: a hash of ``repr(model)`` (every
+    submodule and its settings, so ReLU vs Tanh differ); ``code``: a hash of the source of every
+    module class not defined by torch (custom ``forward`` code).
+    """
+    sources = []
+    for cls in sorted({type(m) for m in model.modules()}, key=lambda c: (c.__module__, c.__qualname__)):
+        if cls.__module__.split(".")[0] == "torch":
+            continue
+        try:
+            sources.append(f"{cls.__module__}.{cls.__qualname__}\n{inspect.getsource(cls)}")
+        except (OSError, TypeError):
+            sources.append(f"{cls.__module__}.{cls.__qualname__} (source unavailable)")
+    digest = lambda s: hashlib.sha256(s.encode()).hexdigest()[:16]  # noqa: E731
+    return {"class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "structure": digest(repr(model)), "code": digest("\n".join(sources))}
+
+
+def _normalise(obj: Any) -> Any:
+    """A JSON value with model specs (``{"name", "options", ...}`` of a registered model) given
+    every default option explicitly, so that spelling a default or not is the same config."""
+    if isinstance(obj, dict):
+        out = {k: _normalise(v) for k, v in obj.items()}
+        if isinstance(out.get("name"), str) and isinstance(out.get("options"), dict):
+            from .models import MODELS
+
+            fn = MODELS.get(out["name"])
+            if fn is not None:
+                params = list(inspect.signature(fn).parameters.values())[1:]  # after `splits`
+                defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+                out["options"] = json.loads(json.dumps({**defaults, **out["options"]}, sort_keys=True,
+                                                       default=str))
+        return out
+    if isinstance(obj, list):
+        return [_normalise(v) for v in obj]
+    return obj
+
+
+def _move_aside(path: Path, reason: str) -> None:
+    target = path.with_name(path.name + ".corrupt")
+    k = 1
+    while target.exists():
+        k += 1
+        target = path.with_name(f"{path.name}.corrupt{k}")
+    try:
+        os.replace(path, target)
+        where = f"moved to {target}"
+    except FileNotFoundError:  # another process moved or replaced it first
+        where = "already moved by another process"
+    warnings.warn(f"cache item {path} is unreadable ({reason}); {where}; it will be recomputed",
+                  CacheWarning, stacklevel=3)
+
+
 class Cache:
-    """One cache entry: ``Cache(root, kind, key, config)``.
+    """One cache entry: ``Cache(root, kind, key, config)``; see the module docstring.
 
     ``root=None`` disables caching (every ``load`` misses, ``save`` does nothing).
     """
 
     def __init__(self, root: Path | str | None, kind: str, key: str, config: dict) -> None:
         self.enabled = root is not None
-        self.config = json.loads(json.dumps(config, sort_keys=True))
-        self.dir = Path(root) / kind / key if root is not None else None
+        self.config = _normalise(json.loads(json.dumps({**config, "schema_version": SCHEMA_VERSION},
+                                                       sort_keys=True, default=str)))
+        full_key = hashlib.sha256(f"{key}|schema {SCHEMA_VERSION}".encode()).hexdigest()[:16]
+        self.dir = Path(root) / kind / full_key if root is not None else None
         if self.enabled:
-            cfg_path = self.dir / "config.json"
-            if cfg_path.exists():
-                stored = json.loads(cfg_path.read_text())
-                if stored != self.config:
-                    raise RuntimeError(
-                        f"cache entry {self.dir} was written with another config; "
-                        "delete that folder to recompute"
-                    )
-            else:
-                self.dir.mkdir(parents=True, exist_ok=True)
-                tmp = cfg_path.with_suffix(".json.tmp")
-                tmp.write_text(json.dumps(self.config, indent=1, sort_keys=True))
-                os.replace(tmp, cfg_path)
+            self._check_config()
+
+    def _check_config(self) -> None:
+        cfg_path = self.dir / "config.json"
+        stored = None
+        if cfg_path.exists():
+            try:
+                stored = json.loads(cfg_path.read_text(encoding="utf-8"))
+                if not isinstance(stored, dict):
+                    raise ValueError("not a JSON object")
+            except FileNotFoundError:
+                stored = None
+            except (ValueError, UnicodeDecodeError) as err:
+                _move_aside(cfg_path, f"{type(err).__name__}: {err}")
+                stored = None
+        if stored is None:
+            atomic_write_text(json.dumps(self.config, indent=1, sort_keys=True), cfg_path)
+        elif _normalise(stored) != self.config:
+            raise RuntimeError(f"cache entry {self.dir} was written with another config; "
+                               "delete that folder to recompute")
 
     def path(self, item: str) -> Path | None:
         return self.dir / f"{item}.pt" if self.enabled else None
@@ -88,11 +192,43 @@ class Cache:
     def has(self, item: str) -> bool:
         return self.enabled and self.path(item).exists()
 
-    def load(self, item: str) -> Any | None:
-        """The stored object, or None when caching is off or the item is missing."""
+    def load(self, item: str, check: Callable[[Any], None] | None = None) -> Any | None:
+        """The stored object, or None when caching is off or the item is missing or unreadable.
+
+        ``check(obj)`` may raise ``ValueError`` / ``TypeError`` / ``KeyError`` to reject an object
+        of the wrong structure or shape; a rejected or unreadable item is moved aside with a
+        ``CacheWarning``. Raises ``UnsafeCacheItemError`` (without running it) for a pickle that
+        names objects other than plain data.
+        """
         if not self.has(item):
             return None
-        return torch.load(self.path(item), map_location="cpu", weights_only=False)
+        path = self.path(item)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            return None
+        except pickle.UnpicklingError as err:
+            if "Unsupported global" in str(err) or "GLOBAL" in str(err):
+                raise UnsafeCacheItemError(
+                    f"cache item {path} holds pickled objects other than plain data (tensors, "
+                    "numbers, strings, lists, dicts) and was not loaded; this suite never writes "
+                    "such files: if you did not put it there, inspect it, then delete it to "
+                    "recompute") from None
+            lines = [ln for ln in str(err).splitlines() if ln.strip()]
+            at = next((i for i, ln in enumerate(lines) if "WeightsUnpickler error" in ln), None)
+            detail = lines[at + 1] if at is not None and at + 1 < len(lines) else lines[0] if lines else ""
+            _move_aside(path, f"not a torch file of plain data: {detail.strip()[:200]}")
+            return None
+        except Exception as err:  # truncated zip, empty file, garbage: all recomputable
+            _move_aside(path, f"{type(err).__name__}: {str(err).strip()[:200]}")
+            return None
+        if check is not None:
+            try:
+                check(obj)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+                _move_aside(path, f"wrong content: {err}")
+                return None
+        return obj
 
     def save(self, item: str, obj: Any) -> None:
         if self.enabled:

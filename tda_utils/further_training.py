@@ -35,12 +35,13 @@ from torch import nn
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
-from .cache import Cache, default_results_dir
+from .cache import Cache, default_results_dir, model_fingerprint
 from .config import FurtherTrainingConfig, check_indices, stable_hash, to_dict
 from .data import Splits
 from .grads import activation_numel, dataset_tensors, frozen_state, trainable_params
 from .models import per_sample_loss, query_loss
-from .training import batch_slices, epoch_orders, make_optimizer
+from .stacked import MLPStack, StackedOptimizer
+from .training import DivergenceError, batch_slices, divergence_message, epoch_orders, make_optimizer
 
 
 QUERY_CHUNK = 128  # queries evaluated at once per run by the vectorized engine
@@ -189,17 +190,19 @@ def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
     params0 = trainable_params(model)
     key_cfg = {**to_dict(cfg), "seeds": None, "memory_budget_mb": None, "max_runs_per_chunk": None}
     key_cfg["query_loss"] = QUERY_LOSS
-    key = stable_hash(key_cfg, splits.name, splits.task, list(queries), *params0.values(),
+    fingerprint = model_fingerprint(final)
+    key = stable_hash(key_cfg, splits.name, splits.task, list(queries), fingerprint, *params0.values(),
                       *frozen_state(model).values(), *data.train.tensors, *data.test.tensors)
     root = default_results_dir() if cache_dir is ... else cache_dir
     cache = Cache(root, "further_training", key, {"config": key_cfg, "dataset": splits.name,
-                                                  "query_indices": list(queries),
+                                                  "query_indices": list(queries), "model_fingerprint": fingerprint,
                                                   "model": getattr(final, "fimo_spec", None)})
     start = time.perf_counter()
     results: dict[int, dict] = {}
     todo = []
+    check = _seed_item_check(len(points), len(left_out), len(queries))
     for s in cfg.seeds:
-        hit = cache.load(f"seed_{s}")
+        hit = cache.load(f"seed_{s}", check=check)
         if hit is not None:
             results[s] = hit
         else:
@@ -219,6 +222,20 @@ def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
                                  wall_time=time.perf_counter() - start, from_cache=from_cache)
 
 
+def _seed_item_check(n_evals: int, n_left_out: int, n_query: int):
+    """A ``Cache.load`` check of one seed's item: finite float tensors of the expected shapes."""
+    shapes = {"loss_full": (n_evals, n_query), "loss_loo": (n_evals, n_left_out, n_query)}
+
+    def check(obj) -> None:
+        for name, shape in shapes.items():
+            t = obj[name]
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point() or tuple(t.shape) != shape:
+                raise ValueError(f"{name} is not a float tensor of shape {shape}")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} holds non-finite values")
+    return check
+
+
 class _Engine:
     def __init__(self, model, data: Splits, cfg: FurtherTrainingConfig, left_out, queries, points):
         self.model, self.data, self.cfg = model, data, cfg
@@ -232,6 +249,21 @@ class _Engine:
         for j, p in enumerate(points):
             self.eval_at.setdefault(p, j)
         self.last_epoch = max(e for e, _ in points) + 1
+
+    def run_name(self, seed: int, train_index: int | None) -> str:
+        what = "the full-data run" if train_index is None else f"the run without training index {train_index}"
+        return f"further training {what} (seed {seed}, dataset {self.data.name!r})"
+
+    def check_finite(self, first_bad: torch.Tensor, pairs: list[tuple[int, int]]) -> None:
+        """Raise ``DivergenceError`` for the first run whose ``first_bad`` step (global, 1-based;
+        0 = none) is set."""
+        bad = first_bad.nonzero().ravel()
+        if len(bad):
+            r = int(bad[first_bad[bad].argmin()])
+            k, (seed, run) = int(first_bad[r]), pairs[r]
+            name = self.run_name(seed, self.left_out[run - 1] if run else None)
+            raise DivergenceError(divergence_message(name, (k - 1) // self.n_slots + 1,
+                                                     (k - 1) % self.n_slots + 1, self.cfg.lr))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,6 +295,9 @@ class _Sequential(_Engine):
                     if run is not None and cfg.leave_out == "every_batch":
                         out_i = model(*(x[[run]] for x in self.inputs))
                         loss = loss - per_sample_loss(out_i, self.target[[run]], self.task).sum() / self.n
+                    if not bool(torch.isfinite(loss)):
+                        raise DivergenceError(divergence_message(self.run_name(seed, run), epoch + 1, slot,
+                                                                 cfg.lr))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.grad_clip is not None:
@@ -290,7 +325,7 @@ class _Vectorized(_Engine):
         super().__init__(*args)
         self.params0 = trainable_params(self.model)
         self.frozen = frozen_state(self.model)
-        self.mlp = _MLPStack.maybe(self.model, self.params0)
+        self.mlp = MLPStack.maybe(self.model, self.params0)
         model = self.model
 
         def forward(params, inputs):
@@ -344,7 +379,7 @@ class _Vectorized(_Engine):
         R = len(pairs)
         params = {k: v.unsqueeze(0).repeat(R, *([1] * v.ndim)).requires_grad_(self.mlp is None)
                   for k, v in self.params0.items()}
-        opt = _StackedOptimizer(cfg, params, R)
+        opt = StackedOptimizer(cfg, params, R)
         seeds = sorted({s for s, _ in pairs})
         run_seed = torch.tensor([seeds.index(s) for s, _ in pairs])
         run_id = torch.tensor([r for _, r in pairs])
@@ -355,6 +390,7 @@ class _Vectorized(_Engine):
         if (0, 0) in self.eval_at:
             losses[self.eval_at[(0, 0)]] = self._query_losses(params)
         gens = [epoch_orders(n, s, self.last_epoch) for s in seeds]
+        first_bad = torch.zeros(R, dtype=torch.long)  # global step of a run's first non-finite gradient
         pad = self.n_slots * B
         every_batch = cfg.leave_out == "every_batch"
         for epoch in tqdm(range(self.last_epoch), desc="epochs", leave=False, disable=not progress):
@@ -375,9 +411,14 @@ class _Vectorized(_Engine):
                     w = torch.cat([w, -is_loo.to(dtype)[:, None] / n], dim=1)
                 safe = idx.clamp(min=0)
                 grads = self._grads(params, tuple(x[safe] for x in self.inputs), self.target[safe], w)
+                total = sum(g.detach().reshape(R, -1).sum(1) for g in grads.values())
+                step = epoch * self.n_slots + slot + 1
+                first_bad = torch.where((first_bad == 0) & ~torch.isfinite(total), step, first_bad)
                 opt.step(grads, active)
                 if (epoch, slot + 1) in self.eval_at:
+                    self.check_finite(first_bad, pairs)
                     losses[self.eval_at[(epoch, slot + 1)]] = self._query_losses(params)
+        self.check_finite(first_bad, pairs)
         return losses
 
     @torch.no_grad()
@@ -393,118 +434,3 @@ class _Vectorized(_Engine):
             target = self.q_target[sl]
             parts.append(query_loss(out, target.expand(out.shape[0], *target.shape), self.task))
         return torch.cat(parts, dim=1)
-
-
-class _StackedOptimizer:
-    """SGD / Adam / AdamW on stacked parameters (R, ...) with a per-run ``active`` mask.
-
-    Matches ``torch.optim`` (no momentum for SGD; Adam's bias correction per run) and
-    ``clip_grad_norm_`` per run (coefficient max_norm / (norm + 1e-6), capped at 1).
-    """
-
-    def __init__(self, cfg: FurtherTrainingConfig, params: dict[str, torch.Tensor], R: int):
-        self.cfg, self.params = cfg, params
-        self.t = torch.zeros(R, dtype=torch.long)
-        if cfg.optimizer in ("adam", "adamw"):
-            self.m = {k: torch.zeros_like(v) for k, v in params.items()}
-            self.v = {k: torch.zeros_like(v) for k, v in params.items()}
-
-    @torch.no_grad()
-    def step(self, grads: dict[str, torch.Tensor], active: torch.Tensor) -> None:
-        cfg = self.cfg
-        shape = lambda x, p: x.view(-1, *([1] * (p.ndim - 1)))  # noqa: E731
-        if cfg.grad_clip is not None:
-            norm = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads.values()))
-            coef = (cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
-            grads = {k: g * shape(coef, g) for k, g in grads.items()}
-        self.t += active.long()
-        everyone = bool(active.all())
-        a = active.to(next(iter(self.params.values())).dtype)
-        b1, b2 = cfg.betas
-        for k, p in self.params.items():
-            g = grads[k]
-            am = None if everyone else shape(a, p)  # per-run mask, only when some runs sit out
-            if cfg.optimizer == "sgd":
-                if cfg.weight_decay:
-                    g = g + cfg.weight_decay * p
-                p.sub_(cfg.lr * g if am is None else am * cfg.lr * g)
-                continue
-            if cfg.optimizer == "adamw" and cfg.weight_decay:
-                p.mul_(1 - cfg.lr * cfg.weight_decay if am is None else 1 - am * cfg.lr * cfg.weight_decay)
-            elif cfg.weight_decay:
-                g = g + cfg.weight_decay * p
-            m, v = self.m[k], self.v[k]
-            if am is None:
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            else:
-                m.copy_(torch.where(am.bool(), m.lerp(g, 1 - b1), m))
-                v.copy_(torch.where(am.bool(), v * b2 + (1 - b2) * g * g, v))
-            t = self.t.clamp(min=1).to(p.dtype)
-            step_size = shape(cfg.lr / (1 - b1 ** t), p)
-            bc2_sqrt = shape((1 - b2 ** t).sqrt(), p)
-            upd = (v.sqrt() / bc2_sqrt).add_(cfg.eps)
-            upd = torch.div(m, upd).mul_(step_size)
-            p.sub_(upd if am is None else am * upd)
-
-
-class _MLPStack:
-    """Fast path for ``nn.Sequential`` of ``Linear`` and ``ReLU`` layers (the tabular MLPs).
-
-    Forward with ``baddbmm`` on stacked weights and a hand-written backward (the same arithmetic
-    as autograd, ReLU applied in place): faster than the generic vmap path on 2 cores.
-    """
-
-    def __init__(self, layers: list[tuple[str, str] | None]):
-        self.layers = layers  # per layer: (weight name, bias name) for Linear, None for ReLU
-
-    @classmethod
-    def maybe(cls, model: nn.Module, params: dict[str, torch.Tensor]) -> "_MLPStack | None":
-        """The fast path for ``model`` if it is such an MLP with all parameters trainable."""
-        if not isinstance(model, nn.Sequential) or not len(model):
-            return None
-        layers: list[tuple[str, str] | None] = []
-        for name, m in model.named_children():
-            if isinstance(m, nn.Linear) and m.bias is not None and f"{name}.weight" in params \
-                    and f"{name}.bias" in params:
-                layers.append((f"{name}.weight", f"{name}.bias"))
-            elif isinstance(m, nn.ReLU):
-                layers.append(None)
-            else:
-                return None
-        alternating = all((lay is None) == (i % 2 == 1) for i, lay in enumerate(layers))
-        if not alternating or layers[-1] is None or len(params) != 2 * sum(lay is not None for lay in layers):
-            return None  # only Linear, ReLU, Linear, ..., ReLU, Linear
-        return cls(layers)
-
-    def forward(self, params, x: torch.Tensor) -> list[torch.Tensor]:
-        """Inputs of each Linear layer and the output: [x, h1, ..., out]; x (R, B, d_in)."""
-        acts = [x]
-        for lay in self.layers:
-            if lay is None:
-                acts[-1].clamp_(min=0)
-            else:
-                w, b = params[lay[0]], params[lay[1]]
-                acts.append(torch.baddbmm(b.unsqueeze(1), acts[-1], w.transpose(1, 2)))
-        return acts
-
-    @torch.no_grad()
-    def grads(self, params, x, target, w, task) -> dict[str, torch.Tensor]:
-        """Per-run gradients of sum_b w[r, b] * loss_rb (loss: models.per_sample_loss)."""
-        acts = self.forward(params, x)
-        out = acts[-1]
-        if task == "regression":
-            dz = (2.0 / out.shape[-1]) * (out - target)
-        else:
-            dz = torch.softmax(out, dim=-1)
-            dz.scatter_add_(-1, target.long().unsqueeze(-1), -torch.ones_like(dz[..., :1]))
-        dz = dz * w.unsqueeze(-1)
-        grads: dict[str, torch.Tensor] = {}
-        linear = [lay for lay in self.layers if lay is not None]
-        for j in range(len(linear) - 1, -1, -1):
-            wn, bn = linear[j]
-            grads[wn] = torch.bmm(dz.transpose(1, 2), acts[j])
-            grads[bn] = dz.sum(1)
-            if j > 0:
-                dz = torch.ops.aten.threshold_backward(torch.bmm(dz, params[wn]), acts[j], 0)
-        return grads

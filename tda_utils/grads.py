@@ -1,6 +1,7 @@
 """Per-sample gradients with ``torch.func``, parameter subsets, flatten/unflatten.
 
 Public: ``trainable_params``, ``frozen_state``, ``flatten``, ``unflatten``, ``n_params``,
+``param_offsets``,
 ``per_sample_grads``, ``iter_per_sample_grads``, ``chunk_size_for``, ``dataset_tensors``,
 ``activation_numel``.
 
@@ -33,6 +34,15 @@ def frozen_state(model: nn.Module) -> dict[str, torch.Tensor]:
     state = {n: b.detach() for n, b in model.named_buffers()}
     state.update({n: p.detach() for n, p in model.named_parameters() if not p.requires_grad})
     return state
+
+
+def param_offsets(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """{name: (start, stop)} of each trainable parameter tensor in the flattened vector."""
+    offsets, o = {}, 0
+    for name, p in trainable_params(model).items():
+        offsets[name] = (o, o + p.numel())
+        o += p.numel()
+    return offsets
 
 
 def n_params(model: nn.Module) -> int:

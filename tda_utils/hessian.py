@@ -2,7 +2,7 @@
 
 Public: ``math_sdpa``, ``output_hessian_apply``, ``output_hessian_sqrt``, ``batch_hvp``,
 ``dataset_hvp``, ``explicit_hessian``, ``sqrt_gnh_jacobian``, ``JacobianGNH``, ``Spectrum``, ``gnh_spectrum``,
-``full_spectrum``, ``lanczos``, ``batched_cg``, ``lissa``, ``lissa_gnh_subspace``, ``grad_stats``.
+``full_spectrum``, ``gram_eigh``, ``lanczos``, ``batched_cg``, ``lissa``, ``lissa_gnh_subspace``, ``grad_stats``.
 
 Conventions. Every Hessian here is that of the *mean* loss of the data it is given,
 L(theta) = (1/n) sum_j loss_j(theta), with ``models.per_sample_loss`` (per-sample MSE = mean over
@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 
 from .config import check_choice
-from .grads import flatten, frozen_state, iter_per_sample_grads, trainable_params, unflatten
+from .grads import flatten, frozen_state, iter_per_sample_grads, param_offsets, trainable_params, unflatten
 from .models import per_sample_loss
 
 warnings.filterwarnings("ignore", message=r".*torch\.func.*", category=FutureWarning)
@@ -291,6 +291,19 @@ def full_spectrum(H: torch.Tensor, source: str = "eigh") -> Spectrum:
     return Spectrum(evals=evals, evecs=evecs, complement=None, source=source)
 
 
+def gram_eigh(M: torch.Tensor, scale: float = 1.0, rel_tol: float = 1e-12
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs (e (r,), U (N, r)) of the Gram matrix M M^T / ``scale`` of rows M (N, d).
+
+    Symmetrised before ``eigh``; eigenvalues at or below ``rel_tol`` x the largest are dropped,
+    so the r kept ones are positive.
+    """
+    K = M @ M.T / scale if scale != 1 else M @ M.T
+    e, U = torch.linalg.eigh(0.5 * (K + K.T))
+    keep = e > rel_tol * e.abs().max().clamp_min(torch.finfo(e.dtype).tiny)
+    return e[keep], U[:, keep]
+
+
 def gnh_spectrum(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, task: str,
                  chunk: int = 64, rel_tol: float = 1e-12) -> Spectrum:
     """Exact eigendecomposition of the dataset's mean GNH from the output Jacobian.
@@ -305,13 +318,10 @@ def gnh_spectrum(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: tor
     N, d = M.shape
     if N >= d:
         return full_spectrum(M.T @ M / n, source="gnh-explicit")
-    K = M @ M.T / n
-    e, U = torch.linalg.eigh(0.5 * (K + K.T))
-    keep = e > rel_tol * e.abs().max().clamp_min(torch.finfo(e.dtype).tiny)
-    e, U = e[keep], U[:, keep]
+    e, U = gram_eigh(M, n, rel_tol)
     W = U / torch.sqrt(n * e)[None, :]
     return Spectrum(evals=e, evecs=None, complement=0.0, source="gnh-lowrank", factor=(M, W),
-                    info={"jacobian_rows": N, "rank": int(keep.sum())})
+                    info={"jacobian_rows": N, "rank": int(e.numel())})
 
 
 def lanczos(matvec: Matvec, d: int, k: int, n_iter: int | None = None, dtype=torch.float64, device=None,
@@ -408,6 +418,17 @@ def batched_cg(matvec: Matvec, b: torch.Tensor, damping: float, tol: float = 1e-
                "indefinite": indefinite.cpu()}
 
 
+def _check_lissa(hn: torch.Tensor, vnorm: torch.Tensor, t: int, scale: float, divergence_factor: float) -> None:
+    """Raise ``LissaDiverged`` if an iterate norm ``hn`` (m,) is non-finite or above
+    ``divergence_factor`` (t + 1) ||v|| (with a contraction, ||h_t|| <= (t + 1) ||v|| always)."""
+    if not torch.isfinite(hn).all() or (hn > divergence_factor * (t + 1) * vnorm).any():
+        raise LissaDiverged(
+            f"LiSSA diverged at iteration {t} with scale={scale}: the iteration is not a "
+            f"contraction (the largest eigenvalue of H_B + damping exceeds 2 x scale, or H is "
+            f"indefinite beyond the damping). Use a larger `scale` (e.g. {scale * 5:g}) or a "
+            f"larger damping.")
+
+
 def lissa(batch_matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], v: torch.Tensor, n: int,
           damping: float, scale: float = 10.0, depth: int = 1000, batch_size: int = 128, repeat: int = 1,
           generator: torch.Generator | None = None, divergence_factor: float = 1e3) -> tuple[torch.Tensor, dict]:
@@ -430,13 +451,7 @@ def lissa(batch_matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], v:
         for t in range(1, depth + 1):
             idx = torch.randint(0, n, (batch_size,), generator=generator)
             h = v + h - (batch_matvec(idx, h) + damping * h) / scale
-            hn = h.norm(dim=1)
-            if not torch.isfinite(hn).all() or (hn > divergence_factor * (t + 1) * vnorm).any():
-                raise LissaDiverged(
-                    f"LiSSA diverged at iteration {t} with scale={scale}: the iteration is not a "
-                    f"contraction (the largest eigenvalue of H_B + damping exceeds 2 x scale, or H is "
-                    f"indefinite beyond the damping). Use a larger `scale` (e.g. {scale * 5:g}) or a "
-                    f"larger damping.")
+            _check_lissa(h.norm(dim=1), vnorm, t, scale, divergence_factor)
         est += h / scale
         norms.append((h / scale).norm(dim=1).cpu())
     return est / repeat, {"estimate_norms": torch.stack(norms)}
@@ -455,10 +470,7 @@ def lissa_gnh_subspace(jac: JacobianGNH, v: torch.Tensor, damping: float, scale:
     test as ``lissa``; only the arithmetic is reorganised (cost per step B r m instead of B d m).
     """
     M = jac.M
-    K = M @ M.T
-    e, U = torch.linalg.eigh(0.5 * (K + K.T))
-    keep = e > rel_tol * e.abs().max().clamp_min(torch.finfo(e.dtype).tiny)
-    e, U = e[keep], U[:, keep]
+    e, U = gram_eigh(M, 1, rel_tol)
     W = U / e.sqrt()[None, :]  # V = M^T W (d, r) has orthonormal columns; never formed
     MV = (U * e.sqrt()[None, :]).view(jac.n, jac.k, -1)  # rows of M V, per sample
     cv = (v @ M.T) @ W  # (m, r)
@@ -477,11 +489,7 @@ def lissa_gnh_subspace(jac: JacobianGNH, v: torch.Tensor, damping: float, scale:
             c = cv + c - (((c @ R.T) @ R) / batch_size + damping * c) / scale
             geo = 1.0 + rho * geo
             hn = torch.sqrt((c * c).sum(1) + (geo * pnorm) ** 2)
-            if not torch.isfinite(hn).all() or (hn > divergence_factor * (t + 1) * vnorm).any():
-                raise LissaDiverged(
-                    f"LiSSA diverged at iteration {t} with scale={scale}: the iteration is not a "
-                    f"contraction (the largest eigenvalue of H_B + damping exceeds 2 x scale). Use a larger "
-                    f"`scale` (e.g. {scale * 5:g}) or a larger damping.")
+            _check_lissa(hn, vnorm, t, scale, divergence_factor)
         h = ((c @ W.T) @ M + geo * v_perp) / scale
         est += h
         norms.append(h.norm(dim=1).cpu())
@@ -504,10 +512,7 @@ def grad_stats(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch
     d = sum(p.numel() for p in params.values())
     n = target.shape[0]
     sq = []
-    offsets, o = {}, 0
-    for name, p in params.items():
-        offsets[name] = (o, o + p.numel())
-        o += p.numel()
+    offsets = param_offsets(model)
     tensor_sq = {name: 0.0 for name in params}
     for _, g in iter_per_sample_grads(model, inputs, target, task, memory_budget_mb=memory_budget_mb):
         g2 = g * g

@@ -1,12 +1,10 @@
 """Paper-style figures.
 
-Public: ``METHOD_STYLE``, ``method_order``, ``set_style``, ``plot_agreement``, ``save_figure``,
-``time_label``.
+Public: ``set_style``, ``plot_agreement``, ``save_figure``, ``time_label``, ...
 
-One style for every figure: the paper's method order and colours (Grad-Dot C0, Grad-Cos C1,
-DataInf C2, CG C3, LiSSA C4, LiSSA-H C5, EK-FAC C6, TRAK C7), then the unified-view prediction
-(``if_time``, dashed) and explicit influence; seaborn theme; curves are means over test
-instances with +-SEM bands.
+One style for every figure: each method's label, colour and line style and the paper's method
+order come from the method registry (``methods.method_style``, ``methods.method_order``);
+seaborn theme; curves are means over test instances with +-SEM bands.
 """
 from __future__ import annotations
 
@@ -18,25 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-METHOD_STYLE: dict[str, dict] = {
-    "grad_dot": {"label": "Grad-Dot", "color": "C0"},
-    "grad_cos": {"label": "Grad-Cos", "color": "C1"},
-    "datainf": {"label": "DataInf", "color": "C2"},
-    "cg": {"label": "CG", "color": "C3"},
-    "lissa": {"label": "LiSSA", "color": "C4"},
-    "lissa_h": {"label": "LiSSA-H", "color": "C5"},
-    "ekfac": {"label": "EK-FAC", "color": "C6"},
-    "trak": {"label": "TRAK", "color": "C7"},
-    "if_time": {"label": "unified view (IF at time t)", "color": "C8", "linestyle": "--"},
-    "if_explicit": {"label": "IF (explicit Hessian)", "color": "C9", "linestyle": ":"},
-}
-
-
-def method_order(methods: Sequence[str]) -> list[str]:
-    """``methods`` in the paper's order (unknown names last, in their given order)."""
-    known = [m for m in METHOD_STYLE if m in methods]
-    return known + [m for m in methods if m not in METHOD_STYLE]
-
+from .methods.registry import METHODS, method_order, method_style
 
 def set_style() -> None:
     """The seaborn theme used for every figure."""
@@ -77,7 +57,7 @@ def plot_agreement(curves: Mapping[str, object], times, time_unit: str = "epoch"
     t = np.asarray(torch.as_tensor(times).double())
     for m in method_order(list(curves)):
         c = curves[m]
-        style = METHOD_STYLE.get(m, {"label": m})
+        style = method_style(m)
         mean, sem = np.asarray(c.mean), np.asarray(c.sem)
         ax.plot(t, mean, label=style.get("label", m), color=style.get("color"), linestyle=style.get("linestyle", "-"))
         ax.fill_between(t, mean - np.nan_to_num(sem), mean + np.nan_to_num(sem), color=style.get("color"), alpha=0.2,
@@ -105,7 +85,7 @@ def plot_seed_curves(seed_curves: Mapping[str, object], title: str | None = None
     fig, ax = _figure_axes(ax, (5.5, 5.5))
     for m in method_order(list(seed_curves)):
         c = seed_curves[m]
-        style = METHOD_STYLE.get(m, {"label": m})
+        style = method_style(m)
         ax.errorbar(c.ks, np.asarray(c.best), yerr=np.nan_to_num(np.asarray(c.sem)), marker="o", capsize=3,
                     label=style.get("label", m), color=style.get("color"), linestyle=style.get("linestyle", "-"))
     ax.set_xscale("log")
@@ -120,15 +100,15 @@ def plot_seed_curves(seed_curves: Mapping[str, object], title: str | None = None
 def plot_sorted_scores(curves: Mapping[str, object], title: str | None = None, ax=None, legend: bool = True):
     """Sorted attribution scores (Fig. 10): {label: (n_left_out,) L2-normalised curve}.
 
-    Method keys of ``METHOD_STYLE`` get their colour; other labels (further training at a time)
+    Registered method names get their colour; other labels (further training at a time)
     are drawn in black/grey with solid/dashed lines.
     """
     fig, ax = _figure_axes(ax, (6, 4.8))
     others = 0
     for label, curve in curves.items():
         y = np.asarray(torch.as_tensor(curve).double())
-        if label in METHOD_STYLE:
-            st = METHOD_STYLE[label]
+        if label in METHODS:
+            st = method_style(label)
             ax.plot(np.arange(1, len(y) + 1), y, label=st["label"], color=st["color"])
         else:
             ax.plot(np.arange(1, len(y) + 1), y, label=label, color=("k", "0.45", "0.7")[others % 3],
@@ -247,7 +227,7 @@ def plot_trajectories(times, gold, predictions: Mapping[str, object], labels: Se
         ax.plot(t, g[:, j], color="k", linewidth=2.5, alpha=0.6, label="further training")
         for m, pred in predictions.items():
             p = np.asarray(torch.as_tensor(pred).double())
-            st = METHOD_STYLE.get(m, {"label": m})
+            st = method_style(m)
             if p.ndim == 1:
                 ax.axhline(p[j], color=st.get("color"), linestyle=":", label=st.get("label", m))
             else:

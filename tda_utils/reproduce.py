@@ -10,6 +10,13 @@ YAML, e.g. ``--set data_path=/data/energy.txt --set n_seeds=2``). In a profile w
 ``reports/<profile>/<notebook>__<dataset>.ipynb``; figures go to ``figures/<profile>/``. A
 progress bar runs across runs, a summary table (run, status, wall time) is printed at the end,
 and the exit status is non-zero when any run failed (the failing cell is named).
+
+Input handling: a manifest or ``--set`` value that cannot be read, an unknown ``--set`` key (one
+that is not a parameter of any selected notebook, as papermill inspects them) or a reserved key
+(``RESERVED``, which the runner sets itself) ends with one ``error:`` line and exit status 2.
+Each report is written to a temporary file and replaces the previous report only when the run
+succeeds; a failed or interrupted run's report is kept beside it as ``<name>.failed.ipynb``.
+Ctrl-C stops after the current run, prints the summary so far and exits with status 130.
 """
 from __future__ import annotations
 
@@ -25,6 +32,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from .cache import repo_path, repo_root
+
+RESERVED = ("dataset", "profile", "figures_dir")  # set by the runner for every run
 
 
 @dataclasses.dataclass
@@ -56,17 +65,63 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip().isidentifier():
             raise ValueError(f"--set {item!r} is not valid; allowed form: KEY=VALUE with KEY a notebook "
                              "parameter name, e.g. --set n_seeds=2")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({_yaml_problem(err)}); "
+                             "quote strings and close brackets, e.g. --set seed_ks=[1,2]") from None
+    reserved = sorted(set(out) & set(RESERVED))
+    if reserved:
+        raise ValueError(f"--set {', '.join(reserved)}: reserved, the runner sets {', '.join(RESERVED)} "
+                         "itself; choose the dataset with --only NOTEBOOK:DATASET and the profile "
+                         "with --profile")
     return out
+
+
+def _yaml_problem(err: Exception) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else str(problem)
+
+
+def check_override_keys(runs: list["Run"], overrides: dict[str, Any], root: Path | None = None) -> None:
+    """ValueError for an override key that is not a parameter of any notebook of ``runs``
+    (read with ``papermill.inspect_notebook``), naming close matches and the valid keys."""
+    import difflib
+
+    import papermill as pm
+
+    if not overrides:
+        return
+    root = Path(root) if root else repo_root()
+    known: set[str] = set()
+    for nb in sorted({r.notebook for r in runs}):
+        known |= set(pm.inspect_notebook(str(root / "notebooks" / f"{nb}.ipynb")))
+    known -= set(RESERVED)
+    for key in overrides:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ValueError(f"--set {key}: not a parameter of the selected notebooks; {hint}"
+                             f"allowed keys: {', '.join(sorted(known))}")
 
 
 def load_manifest(path: Path | None = None) -> dict:
     """The parsed ``reproduce.yaml`` (``{"profiles": {name: {"runs": [...], ...}}}``)."""
     path = Path(path) if path else repo_root() / "reproduce.yaml"
-    with open(path) as f:
-        manifest = yaml.safe_load(f)
-    if not isinstance(manifest, dict) or "profiles" not in manifest:
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = yaml.safe_load(f)
+    except OSError as err:
+        raise ValueError(f"cannot read the manifest {path}: {err.strerror or err}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"the manifest {path} is not valid YAML: {_yaml_problem(err)}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("profiles"), dict):
         raise ValueError(f"{path} must have a top-level 'profiles' mapping")
+    for name, spec in manifest["profiles"].items():
+        runs = spec.get("runs") if isinstance(spec, dict) else None
+        if not isinstance(runs, list) or not all(isinstance(r, dict) and "notebook" in r for r in runs):
+            raise ValueError(f"{path}: profile {name!r} needs a 'runs' list of mappings with a 'notebook'")
     return manifest
 
 
@@ -142,15 +197,41 @@ def run(runs: list[Run], profile: str, root: Path | None = None, reports_dir: Pa
             params["dataset"] = r.dataset
         start = time.perf_counter()
         try:
-            pm.execute_notebook(str(root / "notebooks" / f"{r.notebook}.ipynb"), str(out), parameters=params,
-                                kernel_name=kernel_name, cwd=str(root / "notebooks"), progress_bar=False,
-                                log_output=log_output)
-            status, detail = "ok", ""
-        except Exception as exc:  # papermill.PapermillExecutionError and friends
-            status, detail = "FAILED", _describe_failure(exc)
+            status, detail, report = _execute(pm, root / "notebooks" / f"{r.notebook}.ipynb", out, params,
+                                              kernel_name, root, log_output)
+        except KeyboardInterrupt:
+            not_started = len(runs) - len(rows) - 1
+            rows.append({"run": r.name, "status": "stopped", "wall_s": time.perf_counter() - start,
+                         "report": str(out.with_suffix(".failed.ipynb")),
+                         "detail": f"interrupted (Ctrl-C); {not_started} later runs not started"})
+            break
         rows.append({"run": r.name, "status": status, "wall_s": time.perf_counter() - start,
-                     "report": str(out), "detail": detail})
+                     "report": report, "detail": detail})
     return rows
+
+
+def _execute(pm, notebook: Path, out: Path, params: dict, kernel_name, root: Path,
+             log_output: bool) -> tuple[str, str, str]:
+    """Run one notebook into a temporary report; on success it replaces ``out``, otherwise it is
+    kept as ``<name>.failed.ipynb`` and ``out`` (the last good report) is left alone.
+    Returns (status, detail, report path). A KeyboardInterrupt is re-raised after the move."""
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.running.ipynb")
+    failed = out.with_suffix(".failed.ipynb")
+    try:
+        pm.execute_notebook(str(notebook), str(tmp), parameters=params, kernel_name=kernel_name,
+                            cwd=str(root / "notebooks"), progress_bar=False, log_output=log_output)
+    except BaseException as exc:  # papermill.PapermillExecutionError and friends, Ctrl-C
+        if tmp.exists():
+            os.replace(tmp, failed)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        if getattr(exc, "ename", None) == "KeyboardInterrupt":  # the kernel got the Ctrl-C
+            raise KeyboardInterrupt from exc
+        return "FAILED", _describe_failure(exc), str(failed)
+    os.replace(tmp, out)
+    if failed.exists():
+        failed.unlink()  # an older failure is superseded by this success
+    return "ok", "", str(out)
 
 
 def format_summary(rows: list[dict]) -> str:
@@ -160,8 +241,8 @@ def format_summary(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"{r['run']:<{width}}  {r['status']:<7}  {r['wall_s']:8.1f}s")
     for r in rows:
-        if r["status"] == "skipped":
-            lines.append(f"skipped {r['run']}: {r['detail']}")
+        if r["status"] in ("skipped", "stopped"):
+            lines.append(f"{r['status']} {r['run']}: {r['detail']}")
         elif r["status"] != "ok":
             lines.append(f"FAILED {r['run']}: {r['detail']} (see {r['report']})")
     return "\n".join(lines)
@@ -185,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = load_manifest(args.manifest)
         runs = plan(manifest, args.profile, args.only, parse_overrides(args.overrides))
-    except ValueError as exc:
+        check_override_keys(runs, parse_overrides(args.overrides))
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.list:
@@ -194,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     skip = bool(manifest["profiles"][args.profile].get("skip_missing_data", False))
     rows = run(runs, args.profile, kernel_name=args.kernel, log_output=args.log_output, skip_missing_data=skip)
     print(format_summary(rows))
+    if any(r["status"] == "stopped" for r in rows):
+        return 130
     return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,8 @@
 """Training the final model and evaluating it.
 
 Public: ``epoch_orders``, ``batch_slices``, ``make_optimizer``, ``train_model``, ``evaluate``,
-``per_sample_losses``, ``model_key``, ``fit_linear_exact``.
+``per_sample_losses``, ``model_key``, ``fit_linear_exact``, ``DivergenceError``,
+``divergence_message``.
 
 Batch order (design.md §6): seed s makes ``torch.Generator().manual_seed(s)`` and each epoch's
 order is what ``torch.utils.data.RandomSampler(train, generator=g)`` yields for that epoch (torch's
@@ -11,6 +12,7 @@ Batches are consecutive chunks of that order.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterator
 
@@ -19,11 +21,22 @@ from torch import nn
 from torch.utils.data import RandomSampler
 from tqdm.auto import tqdm
 
-from .cache import Cache, default_results_dir
+from .cache import Cache, default_results_dir, model_fingerprint
 from .config import TrainConfig, check_choice, stable_hash, to_dict
 from .data import Splits
 from .grads import dataset_tensors
 from .models import per_sample_loss
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss or gradient (NaN or inf)."""
+
+
+def divergence_message(run: str, epoch: int, step: int, lr: float) -> str:
+    """The error text of a diverged run: which run, where, and what to try."""
+    return (f"{run} diverged: non-finite loss or gradient (NaN or inf) at epoch {epoch}, step {step} "
+            f"(1-based, within the epoch); try a smaller learning rate than lr={lr:g} (e.g. "
+            f"lr={lr / 10:g}) or grad_clip, and check the data for extreme values")
 
 
 def epoch_orders(n: int, seed: int, epochs: int) -> Iterator[torch.Tensor]:
@@ -79,9 +92,26 @@ def evaluate(model: nn.Module, splits: Splits, split: str = "test") -> dict[str,
 
 
 def model_key(model: nn.Module, splits: Splits, *extra) -> str:
-    """A hash of the model's parameters and buffers, the data and ``extra``."""
+    """A hash of the model's class, structure and code (``cache.model_fingerprint``), its
+    parameters and buffers, the data and ``extra``."""
     state = [t for _, t in sorted(model.state_dict().items())]
-    return stable_hash(type(model).__name__, *state, *splits.train.tensors, *splits.test.tensors, *extra)
+    return stable_hash(model_fingerprint(model), *state, *splits.train.tensors, *splits.test.tensors,
+                       *extra)
+
+
+def _state_checker(model: nn.Module):
+    """A ``Cache.load`` check: the item is {"state_dict", "history", "seconds"} with the model's
+    parameter names and shapes."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    def check(obj) -> None:
+        got = {k: tuple(v.shape) for k, v in obj["state_dict"].items()}
+        if got != shapes:
+            raise ValueError("the stored state_dict does not match the model's parameters")
+        if not all(torch.isfinite(v).all() for v in obj["state_dict"].values() if v.is_floating_point()):
+            raise ValueError("the stored state_dict holds non-finite values")
+        dict(obj["history"]), float(obj["seconds"])
+    return check
 
 
 def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..., progress: bool = True) -> nn.Module:
@@ -97,8 +127,8 @@ def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..
     root = default_results_dir() if cache_dir is ... else cache_dir
     key = model_key(model, splits, cfg)
     cache = Cache(root, "models", key, {"train": to_dict(cfg), "model": getattr(model, "fimo_spec", None),
-                                        "dataset": splits.name})
-    hit = cache.load("final")
+                                        "model_fingerprint": model_fingerprint(model), "dataset": splits.name})
+    hit = cache.load("final", check=_state_checker(model))
     if hit is not None:
         model.load_state_dict(hit["state_dict"])
         model.fimo_history, model.fimo_train_seconds = hit["history"], hit["seconds"]
@@ -116,9 +146,13 @@ def train_model(model: nn.Module, splits: Splits, cfg: TrainConfig, cache_dir=..
     for epoch, perm in enumerate(tqdm(epoch_orders(n, cfg.seed, cfg.epochs), total=cfg.epochs,
                                       desc="train final model", disable=not progress)):
         total = 0.0
-        for sl in batch_slices(n, cfg.batch_size):
+        for step, sl in enumerate(batch_slices(n, cfg.batch_size), start=1):
             idx = perm[sl]
             loss = per_sample_loss(model(*(x[idx] for x in inputs)), target[idx], splits.task).mean()
+            if not math.isfinite(loss.item()):
+                raise DivergenceError(divergence_message(
+                    f"training the final model on dataset {splits.name!r} (seed {cfg.seed})",
+                    epoch + 1, step, cfg.lr))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:

@@ -98,7 +98,10 @@ def test_energy_all_layouts_agree(energy_files):
 
 def test_energy_small_table_falls_back_to_seeded_left_out(tmp_path):
     energy_table(60).to_csv(tmp_path / "small.csv", sep=";", index=False)
-    s = load_dataset("energy", path=tmp_path / "small.csv")
+    with pytest.raises(ValueError, match=r"small.csv' has 60 data rows, the published file has 768"):
+        load_dataset("energy", path=tmp_path / "small.csv")
+    with pytest.warns(UserWarning, match="too few for the paper's left-out set"):
+        s = load_dataset("energy", path=tmp_path / "small.csv", expected_rows=None)
     assert (s.n_train, s.n_test) == (54, 6)
     check_left_out(s)
     assert s.meta["left_out_seed"] == 0
@@ -156,7 +159,8 @@ def heloc_csv(tmp_path):
 
 def test_heloc_fixture(heloc_csv):
     path, df, all_missing = heloc_csv
-    s = load_dataset("heloc", path=path)
+    with pytest.warns(UserWarning, match=r"heloc.txt\) does not apply .*49 rows, not the paper's 8883"):
+        s = load_dataset("heloc", path=path, expected_rows=None)
     kept = df.drop(index=all_missing).reset_index(drop=True)
     assert s.meta["rows"] == 60 and s.meta["rows_dropped"] == len(all_missing)
     assert (s.n_train, s.n_test, s.n_features) == (49, 6, 4)
@@ -182,13 +186,15 @@ def test_heloc_fixture(heloc_csv):
     te_exp = (np.where(np.isin(raw_te, [-7, -8, -9]), mean, raw_te) - mean) / std
     assert np.allclose(s.test.tensors[0].numpy(), te_exp, atol=1e-5)
     check_left_out(s)
-    assert META_KEYS <= set(s.meta) and "ind_loo" in s.meta["left_out_note"]
+    assert META_KEYS <= set(s.meta) and s.meta["paper_left_out"] is None
+    with pytest.raises(ValueError, match=r"has 60 data rows, the published file has 10459"):
+        load_dataset("heloc", path=path)
 
 
 def test_heloc_options_and_errors(heloc_csv, tmp_path):
     path, _, _ = heloc_csv
-    bad = load_dataset("heloc", path=path)
-    good = load_dataset("heloc", path=path, positive_label="Good")
+    bad = load_dataset("heloc", path=path, expected_rows=None)
+    good = load_dataset("heloc", path=path, positive_label="Good", expected_rows=None)
     assert torch.equal(good.train.tensors[1], 1 - bad.train.tensors[1])
     with pytest.raises(ValueError, match="positive_label"):
         load_dataset("heloc", path=path, positive_label="bad")
@@ -200,7 +206,7 @@ def test_heloc_options_and_errors(heloc_csv, tmp_path):
         assert "FICO" in msg and "Kaggle" in msg
     pd.DataFrame({"a": [1, 2], "b": [3, 4]}).to_csv(tmp_path / "other.csv", index=False)
     with pytest.raises(ValueError, match="RiskPerformance"):
-        load_dataset("heloc", path=tmp_path / "other.csv")
+        load_dataset("heloc", path=tmp_path / "other.csv", expected_rows=None)
 
 
 # ----------------------------------------------------------------------------- folktables fixture
@@ -243,7 +249,8 @@ def acs_root(tmp_path):
 
 def test_folktables_fixture(acs_root):
     root, df = acs_root
-    s = load_dataset("folktables", root_dir=root)
+    with pytest.warns(UserWarning, match=r"folktables.txt\) does not apply"):
+        s = load_dataset("folktables", root_dir=root)
     kept = acs_expected(df).reset_index(drop=True)
     assert s.meta["rows"] == len(df) and s.meta["rows_dropped"] == len(df) - len(kept)
     n_test = int(np.ceil(0.25 * len(kept)))

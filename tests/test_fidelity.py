@@ -109,3 +109,32 @@ def test_curve_built_without_n_dropped_takes_n_nan():
     c = tu.Curve(mean=torch.zeros(2), sem=torch.zeros(2), values=torch.zeros(2, 3),
                  n_nan=torch.tensor([1, 0]), metric="cosine")
     assert c.n_dropped.tolist() == [1, 0]
+
+
+# ---------------------------------------------------------------- TRAK for regression
+def test_trak_loss_output_is_the_gnh_influence_function_on_least_squares():
+    splits = make_splits("regression", n_train=40, n_test=6, d=4)
+    model = tu.build_model("linear", splits, seed=0).double()
+    model = tu.train_model(model, splits, tu.TrainConfig(lr=0.05, epochs=3, batch_size=8, seed=0),
+                           cache_dir=None, progress=False)
+    kw = dict(train_indices=range(0, 40, 2), query_indices=range(6))
+    lam = 1e-4
+    ref = tu.attribute("if_explicit", model, splits, hessian="gnh", damping=2 * lam, **kw).values
+    loss = tu.attribute("trak", model, splits, output="loss", projection="none", damping=lam, **kw)
+    pred = tu.attribute("trak", model, splits, projection="none", damping=lam, **kw).values
+    assert loss.diagnostics["output"] == "loss"
+    cos = tu.metrics.cosine_rows(loss.values, ref)
+    assert float(cos.min()) > 0.999
+    torch.testing.assert_close(loss.values, ref, rtol=1e-8, atol=1e-12)  # the same formula
+    assert float(tu.metrics.cosine_rows(pred, ref).abs().mean()) < 0.9  # prediction: random signs per row
+    same = tu.attribute("trak_loss", model, splits, projection="none", damping=lam, **kw).values
+    assert torch.equal(same, loss.values)
+
+
+def test_trak_output_validated():
+    splits = make_splits("classification", n_train=12, n_test=3)
+    model = tu.build_model("linear", splits, seed=0).double()
+    with pytest.raises(ValueError, match="output"):
+        tu.attribute("trak", model, splits, output="margin")
+    with pytest.raises(ValueError, match="output='loss' applies to regression"):
+        tu.attribute("trak", model, splits, output="loss")

@@ -9,6 +9,7 @@ from torch.utils.data import RandomSampler
 
 import tda_utils as tu
 from tda_utils import cache as cache_mod
+from tda_utils import further_training as ft
 from tda_utils.further_training import run_orders
 from tda_utils.grads import per_sample_grads
 from tda_utils.training import batch_slices, epoch_orders
@@ -196,23 +197,42 @@ def test_attribution_adjustments_and_seed_selection():
 
 
 # ---------------------------------------------------------------- cache
-def test_cache_resumes_and_matches_fresh_run(tmp_path):
+def test_cache_resumes_and_matches_fresh_run(tmp_path, monkeypatch):
     splits = make_splits("regression")
     model = tiny_model(splits)
     kw = dict(lr=0.05, epochs=2, batch_size=8, left_out=[0, 4], dtype="float64")
+    trained: list[int] = []  # seeds the engine actually trains
+    real_train = ft._Vectorized._train
+
+    def counting_train(self, pairs, progress):
+        trained.extend(sorted({s for s, _ in pairs}))
+        return real_train(self, pairs, progress)
+
+    monkeypatch.setattr(ft._Vectorized, "_train", counting_train)
     first = tu.further_train(model, splits, tu.FurtherTrainingConfig(seeds=[0, 1], **kw), cache_dir=tmp_path,
                              progress=False)
-    assert first.from_cache == 0
+    assert first.from_cache == 0 and trained == [0, 1]
+    # plant a sentinel in seed 0's item: a cache hit must return it, a recomputation would not
+    (entry,) = (tmp_path / "further_training").iterdir()
+    item = torch.load(entry / "seed_0.pt", weights_only=True)
+    torch.save({k: v + 1000.0 for k, v in item.items()}, entry / "seed_0.pt")
+    trained.clear()
     resumed = tu.further_train(model, splits, tu.FurtherTrainingConfig(seeds=[0, 1, 2], **kw), cache_dir=tmp_path,
                                progress=False)
-    assert resumed.from_cache == 2
+    assert resumed.from_cache == 2 and trained == [2]  # only the new seed was trained
+    assert torch.equal(resumed.loss_full[:, 0], first.loss_full[:, 0] + 1000.0)  # the sentinel came back
+    torch.save(item, entry / "seed_0.pt")
+    resumed = tu.further_train(model, splits, tu.FurtherTrainingConfig(seeds=[0, 1, 2], **kw), cache_dir=tmp_path,
+                               progress=False)
+    assert resumed.from_cache == 3
     fresh = tu.further_train(model, splits, tu.FurtherTrainingConfig(seeds=[0, 1, 2], **kw), cache_dir=None,
                              progress=False)
-    assert torch.equal(resumed.loss_loo, fresh.loss_loo)
+    assert torch.equal(resumed.loss_loo, fresh.loss_loo) and torch.equal(resumed.loss_full, fresh.loss_full)
     # another config (learning rate) never reuses these entries
+    trained.clear()
     other = tu.further_train(model, splits, tu.FurtherTrainingConfig(seeds=[0, 1], **{**kw, "lr": 0.01}),
                              cache_dir=tmp_path, progress=False)
-    assert other.from_cache == 0 and not torch.equal(other.loss_loo, first.loss_loo)
+    assert other.from_cache == 0 and trained == [0, 1] and not torch.equal(other.loss_loo, first.loss_loo)
 
 
 def test_interrupted_write_leaves_no_corrupt_cache(tmp_path, monkeypatch):

@@ -491,7 +491,7 @@ def test_bad_input_raises_clear_errors():
             tu.attribute(m, model, sp, damping_multiple=-1.0)
     with pytest.raises(ValueError, match="not both"):
         tu.attribute("cg", model, sp, damping=1.0, damping_multiple=1.0)
-    with pytest.raises(ValueError, match="max_params.*cg, lissa, ekfac, datainf, trak"):
+    with pytest.raises(ValueError, match="max_params.*datainf, cg, lissa, lissa_h, ekfac, trak"):
         tu.attribute("if_explicit", model, sp, max_params=10)
     with pytest.raises(ValueError, match="unknown option.*'dampin'"):
         tu.attribute("cg", model, sp, dampin=1.0)
