@@ -10,6 +10,7 @@ agreement at every evaluation, with timings.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -17,6 +18,7 @@ import torch
 
 import tda_utils as tu
 
+print = functools.partial(print, flush=True)  # noqa: A001 (progress visible when redirected)
 p = argparse.ArgumentParser()
 p.add_argument("dataset")
 p.add_argument("--lr", type=float, required=True)
