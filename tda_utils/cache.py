@@ -41,7 +41,7 @@ from torch import nn
 # caches (a bug fix, a new default, another arithmetic order): every cache key includes it, so old
 # entries are never returned for the new code (they stay on disk, under their old keys).
 # History: 1 = first release; 2 = model class and structure in the keys, plain-data items.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: query losses evaluated in float64 (models.query_loss)
 
 
 class CacheWarning(UserWarning):

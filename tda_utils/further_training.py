@@ -21,6 +21,7 @@ Two engines give the same numbers: ``sequential`` (a plain loop over runs with t
 ``vectorized`` (all runs of a chunk of seeds trained together with ``torch.func.vmap`` over stacked
 parameters, optimizers written on the stack; chunked to ``memory_budget_mb``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,14 +41,20 @@ from .config import FurtherTrainingConfig, check_indices, stable_hash, to_dict
 from .data import Splits
 from .devices import resolve_device
 from .grads import activation_numel, dataset_tensors, frozen_state, trainable_params
-from .models import loss_key, per_sample_loss, resolve_loss
+from .models import loss_key, query_loss, resolve_loss
 from .stacked import MLPStack, StackedOptimizer
-from .training import (DivergenceError, batch_slices, divergence_message, epoch_orders,
-                       make_optimizer)
+from .training import (
+    DivergenceError,
+    batch_slices,
+    divergence_message,
+    epoch_orders,
+    make_optimizer,
+)
 
 
 QUERY_CHUNK = 128  # queries evaluated at once per run by the vectorized engine
 GPU_MAX_RUNS = 16384  # runs per chunk on a GPU when the config keeps its CPU-sized defaults
+
 
 # ----------------------------------------------------------------------------------------------
 # Result
@@ -76,7 +83,9 @@ class FurtherTrainingResult:
             return list(range(len(self.seeds)))
         if isinstance(seeds, (int, np.integer)):
             if not 1 <= seeds <= len(self.seeds):
-                raise ValueError(f"seeds={seeds} must be between 1 and {len(self.seeds)} (seeds run)")
+                raise ValueError(
+                    f"seeds={seeds} must be between 1 and {len(self.seeds)} (seeds run)"
+                )
             return list(range(int(seeds)))
         rows = []
         for s in seeds:
@@ -135,7 +144,9 @@ def run_orders(perm: torch.Tensor, left_out: Sequence[int], mode: str) -> torch.
     return rows
 
 
-def eval_schedule(cfg: FurtherTrainingConfig, n_train: int) -> tuple[list[tuple[int, int]], torch.Tensor, str]:
+def eval_schedule(
+    cfg: FurtherTrainingConfig, n_train: int
+) -> tuple[list[tuple[int, int]], torch.Tensor, str]:
     """Evaluation points as (epoch, slot-after) pairs, their times, and the time unit.
 
     Epoch mode: after the last slot of every ``eval_every``-th epoch; times are epochs.
@@ -145,23 +156,41 @@ def eval_schedule(cfg: FurtherTrainingConfig, n_train: int) -> tuple[list[tuple[
     if cfg.eval_steps is None:
         epochs = [e for e in range(1, cfg.epochs + 1) if e % cfg.eval_every == 0]
         if not epochs:
-            raise ValueError(f"eval_every={cfg.eval_every} exceeds epochs={cfg.epochs}: nothing is evaluated")
-        return [(e - 1, n_slots) for e in epochs], torch.tensor(epochs, dtype=torch.float64), "epoch"
+            raise ValueError(
+                f"eval_every={cfg.eval_every} exceeds epochs={cfg.epochs}: nothing is evaluated"
+            )
+        return (
+            [(e - 1, n_slots) for e in epochs],
+            torch.tensor(epochs, dtype=torch.float64),
+            "epoch",
+        )
     total = n_slots * cfg.epochs
     if cfg.eval_steps[-1] > total:
-        raise ValueError(f"eval_steps reaches {cfg.eval_steps[-1]} but epochs={cfg.epochs} x "
-                         f"{n_slots} steps per epoch gives only {total} steps")
-    points = [((k - 1) // n_slots, (k - 1) % n_slots + 1) if k > 0 else (0, 0) for k in cfg.eval_steps]
+        raise ValueError(
+            f"eval_steps reaches {cfg.eval_steps[-1]} but epochs={cfg.epochs} x "
+            f"{n_slots} steps per epoch gives only {total} steps"
+        )
+    points = [
+        ((k - 1) // n_slots, (k - 1) % n_slots + 1) if k > 0 else (0, 0) for k in cfg.eval_steps
+    ]
     return points, torch.tensor(cfg.eval_steps, dtype=torch.float64), "step"
 
 
 # ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
-def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
-                  query_indices: Sequence[int] | None = None, init: dict[str, torch.Tensor] | None = None,
-                  cache_dir=..., progress: bool = True, device="auto", executor="local",
-                  loss_fn=None) -> FurtherTrainingResult:
+def further_train(
+    final: nn.Module,
+    splits: Splits,
+    cfg: FurtherTrainingConfig,
+    query_indices: Sequence[int] | None = None,
+    init: dict[str, torch.Tensor] | None = None,
+    cache_dir=...,
+    progress: bool = True,
+    device="auto",
+    executor="local",
+    loss_fn=None,
+) -> FurtherTrainingResult:
     """Run the gold standard; see the module docstring for the semantics.
 
     ``query_indices``: test instances whose loss is recorded (default: all). ``init``: starting
@@ -180,12 +209,16 @@ def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
     recorded query losses stay the built-in per-task loss.
     """
     from .executors import get_executor  # late import: executors imports this module
+
     if not isinstance(cfg, FurtherTrainingConfig):
         raise ValueError(f"cfg must be a FurtherTrainingConfig, got {type(cfg).__name__}")
     n = splits.n_train
     left_out = check_indices("left_out", cfg.left_out, n)
-    queries = check_indices("query_indices", range(splits.n_test) if query_indices is None else query_indices,
-                            splits.n_test)
+    queries = check_indices(
+        "query_indices",
+        range(splits.n_test) if query_indices is None else query_indices,
+        splits.n_test,
+    )
     dtype = cfg.torch_dtype
     model = copy.deepcopy(final).to(dtype).eval()
     if init is not None:
@@ -204,14 +237,31 @@ def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
     root = default_results_dir() if cache_dir is ... else cache_dir
     resolve_loss(splits.task, loss_fn)  # validates
     custom = {} if loss_fn is None or root is None else {"loss": loss_key(loss_fn)}
-    key = stable_hash(key_cfg, splits.name, splits.task, list(queries), fingerprint,
-                      *params0.values(), *frozen_state(model).values(), *data.train.tensors,
-                      *data.test.tensors, *custom.values())
-    cache = Cache(root, "further_training", key, {"config": key_cfg, "dataset": splits.name,
-                                                  "query_indices": list(queries),
-                                                  "model_fingerprint": fingerprint,
-                                                  "model": getattr(final, "fimo_spec", None),
-                                                  **custom})
+    key = stable_hash(
+        key_cfg,
+        splits.name,
+        splits.task,
+        list(queries),
+        fingerprint,
+        *params0.values(),
+        *frozen_state(model).values(),
+        *data.train.tensors,
+        *data.test.tensors,
+        *custom.values(),
+    )
+    cache = Cache(
+        root,
+        "further_training",
+        key,
+        {
+            "config": key_cfg,
+            "dataset": splits.name,
+            "query_indices": list(queries),
+            "model_fingerprint": fingerprint,
+            "model": getattr(final, "fimo_spec", None),
+            **custom,
+        },
+    )
     start = time.perf_counter()
     results: dict[int, dict] = {}
     todo = []
@@ -233,9 +283,18 @@ def further_train(final: nn.Module, splits: Splits, cfg: FurtherTrainingConfig,
 
     full = torch.stack([results[s]["loss_full"] for s in cfg.seeds], dim=1)
     loo = torch.stack([results[s]["loss_loo"] for s in cfg.seeds], dim=1)
-    return FurtherTrainingResult(loss_full=full, loss_loo=loo, times=times, time_unit=unit,
-                                 seeds=cfg.seeds, left_out=left_out, query_indices=queries, config=cfg,
-                                 wall_time=time.perf_counter() - start, from_cache=from_cache)
+    return FurtherTrainingResult(
+        loss_full=full,
+        loss_loo=loo,
+        times=times,
+        time_unit=unit,
+        seeds=cfg.seeds,
+        left_out=left_out,
+        query_indices=queries,
+        config=cfg,
+        wall_time=time.perf_counter() - start,
+        from_cache=from_cache,
+    )
 
 
 def _seed_item_check(n_evals: int, n_left_out: int, n_query: int):
@@ -250,18 +309,31 @@ def _seed_item_check(n_evals: int, n_left_out: int, n_query: int):
                 raise ValueError(f"{name} is not a float tensor of shape {shape}")
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{name} holds non-finite values")
+
     return check
 
 
 class _Engine:
-    def __init__(self, model, data: Splits, cfg: FurtherTrainingConfig, left_out, queries, points,
-                 loss_fn=None, device="cpu"):
+    def __init__(
+        self,
+        model,
+        data: Splits,
+        cfg: FurtherTrainingConfig,
+        left_out,
+        queries,
+        points,
+        loss_fn=None,
+        device="cpu",
+    ):
         self.device = dev = resolve_device(device)
         self.model, self.data, self.cfg = model.to(dev), data, cfg
         self.left_out, self.points = list(left_out), points
         self.inputs, self.target = dataset_tensors(data.train)
         self.q_inputs, self.q_target = dataset_tensors(data.test, queries)
-        self.inputs, self.q_inputs = tuple(x.to(dev) for x in self.inputs), tuple(x.to(dev) for x in self.q_inputs)
+        self.inputs, self.q_inputs = (
+            tuple(x.to(dev) for x in self.inputs),
+            tuple(x.to(dev) for x in self.q_inputs),
+        )
         self.target, self.q_target = self.target.to(dev), self.q_target.to(dev)
         self.task = data.task
         self.custom_loss = loss_fn is not None
@@ -278,8 +350,11 @@ class _Engine:
         return 1
 
     def run_name(self, seed: int, train_index: int | None) -> str:
-        what = ("the full-data run" if train_index is None
-                else f"the run without training index {train_index}")
+        what = (
+            "the full-data run"
+            if train_index is None
+            else f"the run without training index {train_index}"
+        )
         return f"further training {what} (seed {seed}, dataset {self.data.name!r})"
 
     def check_finite(self, first_bad: torch.Tensor, pairs: list[tuple[int, int]]) -> None:
@@ -290,8 +365,11 @@ class _Engine:
             r = int(bad[first_bad[bad].argmin()])
             k, (seed, run) = int(first_bad[r]), pairs[r]
             name = self.run_name(seed, self.left_out[run - 1] if run else None)
-            raise DivergenceError(divergence_message(name, (k - 1) // self.n_slots + 1,
-                                                     (k - 1) % self.n_slots + 1, self.cfg.lr))
+            raise DivergenceError(
+                divergence_message(
+                    name, (k - 1) // self.n_slots + 1, (k - 1) % self.n_slots + 1, self.cfg.lr
+                )
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,15 +380,22 @@ class _Sequential(_Engine):
 
     @torch.no_grad()
     def _query_losses(self, model) -> torch.Tensor:
-        return per_sample_loss(model(*self.q_inputs), self.q_target, self.task)
+        return query_loss(model(*self.q_inputs), self.q_target, self.task)
 
     def _one_run(self, seed: int, run: int | None) -> torch.Tensor:
         cfg = self.cfg
         model = copy.deepcopy(self.model)
-        opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr,
-                             cfg.weight_decay, cfg.betas, cfg.eps)
-        dtype = next(model.parameters()).dtype
-        losses = torch.empty(len(self.points), len(self.q_target), dtype=dtype, device=self.device)
+        opt = make_optimizer(
+            cfg.optimizer,
+            [p for p in model.parameters() if p.requires_grad],
+            cfg.lr,
+            cfg.weight_decay,
+            cfg.betas,
+            cfg.eps,
+        )
+        losses = torch.empty(
+            len(self.points), len(self.q_target), dtype=torch.float64, device=self.device
+        )
         if (0, 0) in self.eval_at:
             losses[self.eval_at[(0, 0)]] = self._query_losses(model)
         for epoch, perm in enumerate(epoch_orders(self.n, seed, self.last_epoch)):
@@ -326,8 +411,9 @@ class _Sequential(_Engine):
                         out_i = model(*(x[[run]] for x in self.inputs))
                         loss = loss - self.loss(out_i, self.target[[run]]).sum() / self.n
                     if not bool(torch.isfinite(loss)):
-                        raise DivergenceError(divergence_message(
-                            self.run_name(seed, run), epoch + 1, slot, cfg.lr))
+                        raise DivergenceError(
+                            divergence_message(self.run_name(seed, run), epoch + 1, slot, cfg.lr)
+                        )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.grad_clip is not None:
@@ -340,8 +426,11 @@ class _Sequential(_Engine):
     def run(self, seeds, progress):
         for s in tqdm(seeds, desc="further training (sequential)", disable=not progress):
             full = self._one_run(s, None)
-            loo = torch.stack([self._one_run(s, i) for i in self.left_out], dim=1) if self.left_out \
+            loo = (
+                torch.stack([self._one_run(s, i) for i in self.left_out], dim=1)
+                if self.left_out
                 else full.new_empty(full.shape[0], 0, full.shape[1])
+            )
             yield s, {"loss_full": full.cpu(), "loss_loo": loo.cpu()}
 
 
@@ -378,11 +467,17 @@ class _Vectorized(_Engine):
         elem = next(iter(self.params0.values())).element_size()
         n_par = sum(p.numel() for p in self.params0.values())
         acts = activation_numel(self.model, tuple(x[:1] for x in self.inputs))
-        per_run = elem * (5 * n_par + 3 * acts * (self.cfg.batch_size + 1) + acts * min(len(self.q_target), QUERY_CHUNK))
+        per_run = elem * (
+            5 * n_par
+            + 3 * acts * (self.cfg.batch_size + 1)
+            + acts * min(len(self.q_target), QUERY_CHUNK)
+        )
         budget_mb, max_runs = self.cfg.memory_budget_mb, self.cfg.max_runs_per_chunk
         defaults = {f.name: f.default for f in dataclasses.fields(FurtherTrainingConfig)}
-        if self.device.type == "cuda" and (budget_mb, max_runs) == (defaults["memory_budget_mb"],
-                                                                     defaults["max_runs_per_chunk"]):
+        if self.device.type == "cuda" and (budget_mb, max_runs) == (
+            defaults["memory_budget_mb"],
+            defaults["max_runs_per_chunk"],
+        ):
             # the CPU-sized defaults, on a GPU: chunks of thousands of runs in half the free memory
             budget_mb, max_runs = torch.cuda.mem_get_info(self.device)[0] / 2**21, GPU_MAX_RUNS
         return max(1, min(max_runs, int(budget_mb * 2**20 // per_run)))
@@ -396,17 +491,23 @@ class _Vectorized(_Engine):
         R1 = 1 + len(self.left_out)
         max_runs = self._runs_per_chunk()
         seeds_per_chunk = self.seeds_per_chunk()
-        chunks = [seeds[i:i + seeds_per_chunk] for i in range(0, len(seeds), seeds_per_chunk)]
+        chunks = [seeds[i : i + seeds_per_chunk] for i in range(0, len(seeds), seeds_per_chunk)]
         bar = tqdm(total=len(seeds), desc="further training (vectorized)", disable=not progress)
         for chunk in chunks:
             pairs = [(s, r) for s in chunk for r in range(R1)]
             parts = []
             for k in range(0, len(pairs), max_runs):
-                parts.append(self._train(pairs[k:k + max_runs], progress))
+                parts.append(self._train(pairs[k : k + max_runs], progress))
             losses = torch.cat(parts, dim=1)  # (E, len(pairs), Q)
             for j, s in enumerate(chunk):
-                block = losses[:, j * R1:(j + 1) * R1]
-                yield s, {"loss_full": block[:, 0].to("cpu", copy=True), "loss_loo": block[:, 1:].to("cpu", copy=True)}
+                block = losses[:, j * R1 : (j + 1) * R1]
+                yield (
+                    s,
+                    {
+                        "loss_full": block[:, 0].to("cpu", copy=True),
+                        "loss_loo": block[:, 1:].to("cpu", copy=True),
+                    },
+                )
                 bar.update(1)
         bar.close()
 
@@ -417,16 +518,22 @@ class _Vectorized(_Engine):
         """
         cfg, n, B = self.cfg, self.n, self.cfg.batch_size
         R = len(pairs)
-        params = {k: v.unsqueeze(0).repeat(R, *([1] * v.ndim)).requires_grad_(self.mlp is None)
-                  for k, v in self.params0.items()}
+        params = {
+            k: v.unsqueeze(0).repeat(R, *([1] * v.ndim)).requires_grad_(self.mlp is None)
+            for k, v in self.params0.items()
+        }
         opt = StackedOptimizer(cfg, params, R)
         dev = self.device
         seeds = sorted({s for s, _ in pairs})
         run_seed = torch.tensor([seeds.index(s) for s, _ in pairs], device=dev)
         is_loo = torch.tensor([r > 0 for _, r in pairs], device=dev)
-        lo_idx = torch.tensor([self.left_out[r - 1] if r > 0 else 0 for _, r in pairs], dtype=torch.long, device=dev)
+        lo_idx = torch.tensor(
+            [self.left_out[r - 1] if r > 0 else 0 for _, r in pairs], dtype=torch.long, device=dev
+        )
         dtype = next(iter(self.params0.values())).dtype
-        losses = torch.empty(len(self.points), R, len(self.q_target), dtype=dtype, device=dev)
+        losses = torch.empty(
+            len(self.points), R, len(self.q_target), dtype=torch.float64, device=dev
+        )
         if (0, 0) in self.eval_at:
             losses[self.eval_at[(0, 0)]] = self._query_losses(params)
         gens = [epoch_orders(n, s, self.last_epoch) for s in seeds]
@@ -439,7 +546,9 @@ class _Vectorized(_Engine):
         pos_in_slot = torch.arange(B, device=dev)
         eb_w = -is_loo.to(dtype)[:, None] / n
         for epoch in tqdm(range(self.last_epoch), desc="epochs", leave=False, disable=not progress):
-            perms = torch.stack([next(g) for g in gens]).to(dev)  # (n_seeds, n): one transfer per epoch
+            perms = torch.stack([next(g) for g in gens]).to(
+                dev
+            )  # (n_seeds, n): one transfer per epoch
             orders = torch.full((R, pad), -1, dtype=torch.long, device=dev)
             rows = perms[run_seed]  # (R, n)
             if shorter:  # run_orders on the device: row k takes perm[k + (k >= position of i)]
@@ -450,7 +559,7 @@ class _Vectorized(_Engine):
             orders[:, :n] = rows
             for slot in range(self.n_slots):
                 width = min(B, n - slot * B)  # the last slot is narrower: no padded rows to compute
-                idx = orders[:, slot * B:slot * B + width]  # (R, width)
+                idx = orders[:, slot * B : slot * B + width]  # (R, width)
                 valid = (slot * B + pos_in_slot[:width]) < length[:, None]
                 count = valid.sum(1)
                 active = count > 0
@@ -459,7 +568,9 @@ class _Vectorized(_Engine):
                     idx = torch.cat([idx, lo_idx[:, None]], dim=1)
                     w = torch.cat([w, eb_w], dim=1)
                 safe = idx.clamp(min=0)
-                grads = self._grads(params, tuple(x[safe] for x in self.inputs), self.target[safe], w)
+                grads = self._grads(
+                    params, tuple(x[safe] for x in self.inputs), self.target[safe], w
+                )
                 total = sum(g.detach().reshape(R, -1).sum(1) for g in grads.values())
                 step = epoch * self.n_slots + slot + 1
                 first_bad = torch.where((first_bad == 0) & ~torch.isfinite(total), step, first_bad)
@@ -474,12 +585,18 @@ class _Vectorized(_Engine):
     def _query_losses(self, params) -> torch.Tensor:
         if self.mlp is not None:
             x = self.q_inputs[0]
-            out = self.mlp.forward(params, x.expand(next(iter(params.values())).shape[0], *x.shape))[-1]
-            return per_sample_loss(out, self.q_target.expand(out.shape[0], *self.q_target.shape), self.task)
+            out = self.mlp.forward(
+                params, x.expand(next(iter(params.values())).shape[0], *x.shape)
+            )[-1]
+            return query_loss(
+                out, self.q_target.expand(out.shape[0], *self.q_target.shape), self.task
+            )
         detached = {k: v.detach() for k, v in params.items()}
         parts = []
-        for sl in batch_slices(len(self.q_target), QUERY_CHUNK):  # queries in chunks bound the memory
+        for sl in batch_slices(
+            len(self.q_target), QUERY_CHUNK
+        ):  # queries in chunks bound the memory
             out = self.fwd_shared(detached, tuple(x[sl] for x in self.q_inputs))  # (R, chunk, k)
             target = self.q_target[sl]
-            parts.append(per_sample_loss(out, target.expand(out.shape[0], *target.shape), self.task))
+            parts.append(query_loss(out, target.expand(out.shape[0], *target.shape), self.task))
         return torch.cat(parts, dim=1)

@@ -7,7 +7,8 @@ Public: ``Curve``, ``SeedCurve``, ``agreement``, ``seed_group_agreement``, ``sor
 n_left_out) or (n_evals, n_query, n_left_out); one value per (eval time, query) across the
 left-out instances; mean and SEM (std / sqrt(count), ddof=1) over queries. A constant vector
 (zero norm, or no rank variation) gives NaN, which is left out of the mean and counted in
-``n_nan``.
+``n_nan`` and ``n_dropped``; with ``nan_as_zero=True`` (the authors' convention) it counts as 0
+and nothing is dropped.
 """
 
 from __future__ import annotations
@@ -24,13 +25,24 @@ METRICS = ("cosine", "spearman")
 
 @dataclasses.dataclass
 class Curve:
-    """Agreement over time: ``mean``, ``sem``, ``n_nan`` (n_evals,), ``values`` (n_evals, Q)."""
+    """Agreement over time: ``mean``, ``sem``, ``n_nan``, ``n_dropped`` (n_evals,), ``values``
+    (n_evals, Q).
+
+    ``n_nan``: queries whose value is undefined (a constant tau or score row); ``n_dropped``:
+    queries left out of ``mean`` and ``sem`` (``n_nan``, or 0 under ``nan_as_zero``).
+    """
 
     mean: torch.Tensor
     sem: torch.Tensor
     values: torch.Tensor
     n_nan: torch.Tensor
     metric: str
+    n_dropped: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        """Default ``n_dropped`` to ``n_nan``."""
+        if self.n_dropped is None:
+            self.n_dropped = self.n_nan
 
 
 def nan_argmax(x: torch.Tensor) -> int:
@@ -89,9 +101,32 @@ def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return cosine_rows(ra, rb)
 
 
-def agreement(tau: torch.Tensor, scores: torch.Tensor, metric: str = "cosine") -> Curve:
-    """Agreement of ``scores`` with ``tau`` per (eval, query); mean and SEM over queries."""
+def agreement(
+    tau: torch.Tensor, scores: torch.Tensor, metric: str = "cosine", nan_as_zero: bool = False
+) -> Curve:
+    """Agreement of ``scores`` with ``tau`` per (eval, query); mean and SEM over queries.
+
+    External scores (another library's) are compared the same way once they follow the suite's
+    convention: query-major ``(n_query, n_left_out)`` in the gold standard's query and left-out
+    order, and positive = helpful (removing the instance raises the query's loss); transpose a
+    ``(n_train, n_query)`` matrix and flip a harmful-positive sign first
+    (``your_model.to_query_major``).
+
+    Args:
+        tau: gold standard, (n_evals, n_query, n_left_out).
+        scores: method scores, (n_query, n_left_out) or (n_evals, n_query, n_left_out).
+        metric: "cosine" or "spearman", computed across the left-out instances.
+        nan_as_zero: how a query with an undefined value is treated (its tau or score row is all
+            zero for cosine, or has no rank variation for Spearman). False (default): it is left
+            out of the mean and SEM and counted in ``Curve.n_dropped``. True: it counts as 0, the
+            authors' convention (``F.cosine_similarity`` of a zero vector is 0).
+
+    Returns:
+        A ``Curve``; ``n_nan`` counts the undefined queries either way.
+    """
     check_choice("metric", metric, METRICS)
+    if not isinstance(nan_as_zero, bool):
+        raise ValueError(f"nan_as_zero must be True or False, got {nan_as_zero!r}")
     tau = torch.as_tensor(tau)
     scores = torch.as_tensor(scores)
     if tau.ndim != 3:
@@ -105,8 +140,13 @@ def agreement(tau: torch.Tensor, scores: torch.Tensor, metric: str = "cosine") -
         )
     fn = cosine_rows if metric == "cosine" else spearman_rows
     vals = fn(tau, scores)  # (E, Q)
+    n_nan = torch.isnan(vals).sum(-1)
+    if nan_as_zero:
+        vals = torch.nan_to_num(vals, nan=0.0)
     mean, sem, cnt = nan_mean_sem(vals)
-    return Curve(mean=mean, sem=sem, values=vals, n_nan=vals.shape[-1] - cnt, metric=metric)
+    return Curve(
+        mean=mean, sem=sem, values=vals, n_nan=n_nan, metric=metric, n_dropped=vals.shape[-1] - cnt
+    )
 
 
 @dataclasses.dataclass

@@ -1,6 +1,7 @@
 """Model registry.
 
-Public: ``build_model``, ``register_model``, ``MODELS``, ``per_sample_loss``, ``resolve_loss``,
+Public: ``build_model``, ``register_model``, ``MODELS``, ``per_sample_loss``, ``query_loss``,
+``resolve_loss``,
 ``loss_key``, ``LossFn``.
 
 A custom per-sample loss (``loss_fn``, accepted by ``train_model``, ``further_train`` and some
@@ -11,6 +12,7 @@ the one loss callable every caller uses.
 ``build_model(name, splits, seed)`` calls ``torch.manual_seed(seed)`` and then creates the layers
 in order, so the initial parameters match the authors' code bit for bit (design.md §6).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -88,6 +90,23 @@ def per_sample_loss(output: torch.Tensor, target: torch.Tensor, task: str) -> to
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def query_loss(output: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
+    """Per-query loss in float64 from model outputs of any dtype, shape (...,).
+
+    The outputs are cast to float64 first, so a confident query's cross-entropy is not rounded to
+    0 (in float32, log(1 + 1e-8) is exactly 0 and its tau would vanish). Classification uses
+    ``log1p(sum_{j != y} exp(z_j - z_y))`` while the target logit is the largest (accurate down to
+    exp(-745)), else ``logsumexp(z - z_y)``; regression is ``per_sample_loss`` in float64.
+    """
+    output = output.double()
+    if task == "regression":
+        return per_sample_loss(output, target.double(), task)
+    d = output - output.gather(-1, target.long().unsqueeze(-1))  # z_j - z_y, 0 at the target
+    others = d.scatter(-1, target.long().unsqueeze(-1), float("-inf"))
+    small = torch.log1p(others.clamp(max=0).exp().sum(-1))
+    return torch.where(others.amax(-1) > 0, torch.logsumexp(d, dim=-1), small)
+
+
 def resolve_loss(task: str, loss_fn: LossFn | None = None) -> LossFn:
     """The per-sample loss ``(output (..., k), target (...)) -> (...)`` to train and attribute.
 
@@ -97,8 +116,10 @@ def resolve_loss(task: str, loss_fn: LossFn | None = None) -> LossFn:
     if loss_fn is None:
         return lambda output, target: per_sample_loss(output, target, task)
     if not callable(loss_fn):
-        raise ValueError(f"loss_fn must be None (the built-in per-task loss) or a callable "
-                         f"(output, target) -> per-sample loss, got {type(loss_fn).__name__}")
+        raise ValueError(
+            f"loss_fn must be None (the built-in per-task loss) or a callable "
+            f"(output, target) -> per-sample loss, got {type(loss_fn).__name__}"
+        )
     return loss_fn
 
 
@@ -119,9 +140,11 @@ def loss_key(loss_fn: LossFn | None) -> dict[str, str] | None:
     try:
         source = inspect.getsource(loss_fn)
     except (OSError, TypeError):
-        raise ValueError(f"loss_fn {name} cannot enter a cache key: its source code is "
-                         "unavailable (inspect.getsource failed); define it in a file or notebook "
-                         "cell, or pass cache_dir=None to run without a cache") from None
+        raise ValueError(
+            f"loss_fn {name} cannot enter a cache key: its source code is "
+            "unavailable (inspect.getsource failed); define it in a file or notebook "
+            "cell, or pass cache_dir=None to run without a cache"
+        ) from None
     cells = [c.cell_contents for c in (getattr(loss_fn, "__closure__", None) or ())]
     defaults = (getattr(loss_fn, "__defaults__", None), getattr(loss_fn, "__kwdefaults__", None))
     extra = repr((defaults, cells))

@@ -58,7 +58,7 @@ from .registry import (
     register_method,
     scalable_methods,
 )
-from .trak import SKETCH_ABOVE, TrakOptions, trak
+from .trak import SKETCH_ABOVE, TrakLossOptions, TrakOptions, trak
 from .unified import IfTimeOptions, gd_weight, if_time
 
 # The registry, in the paper's order (Grad-Dot C0, Grad-Cos C1, DataInf C2, CG C3, LiSSA C4,
@@ -72,6 +72,16 @@ for _spec in (
     MethodSpec("lissa_h", lissa_h, LissaHOptions, "LiSSA-H", "C5", "influence", damping="lambda0"),
     MethodSpec("ekfac", ekfac, EkfacOptions, "EK-FAC", "C6", "influence", damping="lambda0"),
     MethodSpec("trak", trak, TrakOptions, "TRAK", "C7", "influence", damping="features"),
+    MethodSpec(
+        "trak_loss",
+        trak,
+        TrakLossOptions,
+        "TRAK (loss)",
+        "C7",
+        "influence",
+        damping="features",
+        linestyle="--",
+    ),
     MethodSpec(
         "if_time",
         if_time,
@@ -117,6 +127,7 @@ __all__ = [
     "MethodSpec",
     "PeakMemory",
     "SKETCH_ABOVE",
+    "TrakLossOptions",
     "TrakOptions",
     "attribute",
     "cg",

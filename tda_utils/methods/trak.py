@@ -1,6 +1,6 @@
 """Single-model TRAK (Park et al. 2023).
 
-Public: ``TrakOptions``, ``trak``, ``SKETCH_ABOVE``.
+Public: ``TrakOptions``, ``TrakLossOptions``, ``trak``, ``SKETCH_ABOVE``.
 """
 
 from __future__ import annotations
@@ -36,12 +36,21 @@ class TrakOptions(DampedOptions):
     seed: int = 0
     reweight: bool | None = None
     projection: str = "auto"
+    output: str = "prediction"
 
     def __post_init__(self) -> None:
         check_int("proj_dim", self.proj_dim)
+        check_choice("output", self.output, ("prediction", "loss"))
         check_int("seed", self.seed, minimum=0)
         check_choice("projection", self.projection, ("auto", "gaussian", "sketch", "none"))
         super().__post_init__()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrakLossOptions(TrakOptions):
+    """Options of ``trak_loss``: ``trak`` with ``output="loss"`` (regression)."""
+
+    output: str = "loss"
 
 
 def _output_fn(model: nn.Module, task: str):
@@ -97,11 +106,21 @@ def trak(model, splits, train_indices, query_indices, opts: TrakOptions):
     lambda = damping_multiple x lambda0_phi, lambda0_phi = ||Phi||_F^2 / (n p) the mean squared
     feature entry (TRAK works in its own feature space); default multiple 0.01 (TRAK's reference
     implementation does not damp; a small damping keeps Phi^T Phi invertible when p > n).
+
+    ``output`` (regression): "prediction" (the default, the paper's TRAK) attributes the query's
+    prediction; "loss" attributes its squared loss: score_i x 2 r_q r_i (r = prediction - target),
+    which is the Gauss-Newton influence function on TRAK's features (without projection and with
+    damping 2 lambda, exactly the GNH influence function), + = helpful.
     """
     ctx = prepare(model, splits, opts)
     if ctx.task == "regression" and ctx.k != 1:
         raise ValueError(
             f"trak needs a single regression output (the prediction); this model has {ctx.k}"
+        )
+    if opts.output == "loss" and ctx.task != "regression":
+        raise ValueError(
+            "output='loss' applies to regression; classification TRAK already weights the "
+            "margin by 1 - p (reweight), use output='prediction'"
         )
     reweight = ctx.task == "classification" if opts.reweight is None else opts.reweight
     if reweight and ctx.task != "classification":
@@ -191,4 +210,12 @@ def trak(model, splits, train_indices, query_indices, opts: TrakOptions):
         q_weight = (1 - prob).to(torch.float64)
         vals = vals * q_weight[None, :]
         diag["one_minus_p_train"] = q_weight.cpu()
+    diag["output"] = opts.output
+    if opts.output == "loss":
+        resid = []
+        for split, idx in (("test", query_indices), ("train", train_indices)):
+            xs, y = ctx.rows(split, idx)
+            with torch.no_grad():
+                resid.append((ctx.model(*xs).reshape(-1) - y.reshape(-1)).to(torch.float64))
+        vals = vals * 2 * resid[0][:, None] * resid[1][None, :]
     return vals.to(ctx.dtype), diag
