@@ -54,7 +54,8 @@ def build_model(name: str, splits: Splits, seed: int = 0, **options: Any) -> nn.
 @register_model("mlp")
 def mlp(splits: Splits, hidden: int = 128, depth: int = 2) -> nn.Module:
     """The paper's tabular MLP: input -> hidden -> hidden -> output with ReLU (``depth`` hidden
-    layers). Concrete: 8 -> 128 -> 128 -> 1, 17,793 parameters."""
+    layers). Concrete: 8 -> 128 -> 128 -> 1, 17,793 parameters.
+    """
     check_positive("hidden", hidden, integer=True)
     check_positive("depth", depth, integer=True)
     layers: list[nn.Module] = []
@@ -69,7 +70,8 @@ def mlp(splits: Splits, hidden: int = 128, depth: int = 2) -> nn.Module:
 @register_model("linear")
 def linear(splits: Splits) -> nn.Module:
     """A linear model (one ``nn.Linear`` in an ``nn.Sequential``): linear or logistic regression,
-    the convex case where every quantity of the unified view is exact."""
+    the convex case where every quantity of the unified view is exact.
+    """
     return nn.Sequential(nn.Linear(splits.n_features, splits.n_outputs))
 
 

@@ -1,0 +1,345 @@
+"""The further-training engines behind ``further_train``: batch orders and the two engines.
+
+Public: ``run_orders``, ``QUERY_CHUNK``, ``GPU_MAX_RUNS``. The engines (``_Sequential``: a plain
+loop over runs with torch.optim; ``_Vectorized``: all runs of a chunk of seeds trained together
+with ``torch.func.vmap`` over stacked parameters) are used through ``further_train``, which
+describes the leave-out modes and the time axis; both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+from tqdm.auto import tqdm
+
+from .config import FurtherTrainingConfig
+from .data import Splits
+from .devices import resolve_device
+from .grads import activation_numel, dataset_tensors, frozen_state, trainable_params
+from .models import query_loss, resolve_loss
+from .stacked import MLPStack, StackedOptimizer
+from .training import (
+    DivergenceError,
+    batch_slices,
+    divergence_message,
+    epoch_orders,
+    make_optimizer,
+)
+
+
+QUERY_CHUNK = 128  # queries evaluated at once per run by the vectorized engine
+GPU_MAX_RUNS = 16384  # runs per chunk on a GPU when the config keeps its CPU-sized defaults
+
+
+def run_orders(perm: torch.Tensor, left_out: Sequence[int], mode: str) -> torch.Tensor:
+    """Per-run orders for one epoch, (1 + n_left_out, n) with -1 padding.
+
+    Row 0 is the full run's ``perm``; row 1 + j is ``perm`` with ``left_out[j]`` deleted (padded
+    with -1 at the end) for ``permutation``, or ``perm`` itself for ``every_batch``.
+    """
+    n = perm.numel()
+    L = len(left_out)
+    rows = perm.expand(1 + L, n).clone()
+    if mode == "permutation" and L:
+        lo = torch.as_tensor(left_out, dtype=torch.long)
+        keep = perm[None, :] != lo[:, None]  # (L, n), one False per row
+        shorter = perm.expand(L, n)[keep].reshape(L, n - 1)
+        rows[1:, :-1] = shorter
+        rows[1:, -1] = -1
+    return rows
+
+
+class _Engine:
+    def __init__(
+        self,
+        model,
+        data: Splits,
+        cfg: FurtherTrainingConfig,
+        left_out,
+        queries,
+        points,
+        loss_fn=None,
+        device="cpu",
+    ):
+        self.device = dev = resolve_device(device)
+        self.model, self.data, self.cfg = model.to(dev), data, cfg
+        self.left_out, self.points = list(left_out), points
+        self.inputs, self.target = dataset_tensors(data.train)
+        self.q_inputs, self.q_target = dataset_tensors(data.test, queries)
+        self.inputs, self.q_inputs = (
+            tuple(x.to(dev) for x in self.inputs),
+            tuple(x.to(dev) for x in self.q_inputs),
+        )
+        self.target, self.q_target = self.target.to(dev), self.q_target.to(dev)
+        self.task = data.task
+        self.custom_loss = loss_fn is not None
+        self.loss = resolve_loss(self.task, loss_fn)  # the training loss (..., k), (...) -> (...)
+        self.n = len(self.target)
+        self.n_slots = math.ceil(self.n / cfg.batch_size)
+        self.eval_at: dict[tuple[int, int], int] = {}
+        for j, p in enumerate(points):
+            self.eval_at.setdefault(p, j)
+        self.last_epoch = max(e for e, _ in points) + 1
+
+    def seeds_per_chunk(self) -> int:
+        """Seeds trained together (and the natural size of an executor's task)."""
+        return 1
+
+    def run_name(self, seed: int, train_index: int | None) -> str:
+        what = (
+            "the full-data run"
+            if train_index is None
+            else f"the run without training index {train_index}"
+        )
+        return f"further training {what} (seed {seed}, dataset {self.data.name!r})"
+
+    def check_finite(self, first_bad: torch.Tensor, pairs: list[tuple[int, int]]) -> None:
+        """Raise ``DivergenceError`` for the first run whose ``first_bad`` step (global, 1-based;
+        0 = none) is set.
+        """
+        bad = first_bad.nonzero().ravel()
+        if len(bad):
+            r = int(bad[first_bad[bad].argmin()])
+            k, (seed, run) = int(first_bad[r]), pairs[r]
+            name = self.run_name(seed, self.left_out[run - 1] if run else None)
+            raise DivergenceError(
+                divergence_message(
+                    name, (k - 1) // self.n_slots + 1, (k - 1) % self.n_slots + 1, self.cfg.lr
+                )
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Sequential reference engine
+# ----------------------------------------------------------------------------------------------
+class _Sequential(_Engine):
+    """One run after another with torch.optim: the readable reference."""
+
+    @torch.no_grad()
+    def _query_losses(self, model) -> torch.Tensor:
+        return query_loss(model(*self.q_inputs), self.q_target, self.task)
+
+    def _one_run(self, seed: int, run: int | None) -> torch.Tensor:
+        cfg = self.cfg
+        model = copy.deepcopy(self.model)
+        opt = make_optimizer(
+            cfg.optimizer,
+            [p for p in model.parameters() if p.requires_grad],
+            cfg.lr,
+            cfg.weight_decay,
+            cfg.betas,
+            cfg.eps,
+        )
+        losses = torch.empty(
+            len(self.points), len(self.q_target), dtype=torch.float64, device=self.device
+        )
+        if (0, 0) in self.eval_at:
+            losses[self.eval_at[(0, 0)]] = self._query_losses(model)
+        for epoch, perm in enumerate(epoch_orders(self.n, seed, self.last_epoch)):
+            perm = perm.to(self.device)
+            if run is not None and cfg.leave_out == "permutation":
+                perm = perm[perm != run]
+            for slot, sl in enumerate(batch_slices(self.n, cfg.batch_size), start=1):
+                idx = perm[sl]
+                if len(idx):
+                    out = model(*(x[idx] for x in self.inputs))
+                    loss = self.loss(out, self.target[idx]).mean()
+                    if run is not None and cfg.leave_out == "every_batch":
+                        out_i = model(*(x[[run]] for x in self.inputs))
+                        loss = loss - self.loss(out_i, self.target[[run]]).sum() / self.n
+                    if not bool(torch.isfinite(loss)):
+                        raise DivergenceError(
+                            divergence_message(self.run_name(seed, run), epoch + 1, slot, cfg.lr)
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                if (epoch, slot) in self.eval_at:
+                    losses[self.eval_at[(epoch, slot)]] = self._query_losses(model)
+        return losses
+
+    def run(self, seeds, progress):
+        for s in tqdm(seeds, desc="further training (sequential)", disable=not progress):
+            full = self._one_run(s, None)
+            loo = (
+                torch.stack([self._one_run(s, i) for i in self.left_out], dim=1)
+                if self.left_out
+                else full.new_empty(full.shape[0], 0, full.shape[1])
+            )
+            yield s, {"loss_full": full.cpu(), "loss_loo": loo.cpu()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Vectorized engine
+# ----------------------------------------------------------------------------------------------
+class _Vectorized(_Engine):
+    """All runs of a chunk trained together on stacked parameters (vmap over runs)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params0 = trainable_params(self.model)
+        self.frozen = frozen_state(self.model)
+        # the MLP fast path hand-codes the built-in loss's gradient: a custom loss takes autograd
+        self.mlp = None if self.custom_loss else MLPStack.maybe(self.model, self.params0)
+        model = self.model
+
+        def forward(params, inputs):
+            return functional_call(model, {**params, **self.frozen}, tuple(inputs))
+
+        self.fwd_batch = vmap(forward, in_dims=(0, 0))  # per-run batches
+        self.fwd_shared = vmap(forward, in_dims=(0, None))  # the same queries for every run
+
+    def _grads(self, params, inputs, target, w) -> dict[str, torch.Tensor]:
+        """Per-run gradients of sum_b w[r, b] * loss(run r, sample b); inputs (R, B', ...)."""
+        if self.mlp is not None:
+            return self.mlp.grads(params, inputs[0], target, w, self.task)
+        out = self.fwd_batch(params, inputs)
+        total = (self.loss(out, target) * w).sum()
+        return dict(zip(params, torch.autograd.grad(total, list(params.values()))))
+
+    def _runs_per_chunk(self) -> int:
+        """Runs that fit the memory budget: parameters, grads, 2 optimizer states, activations."""
+        elem = next(iter(self.params0.values())).element_size()
+        n_par = sum(p.numel() for p in self.params0.values())
+        acts = activation_numel(self.model, tuple(x[:1] for x in self.inputs))
+        per_run = elem * (
+            5 * n_par
+            + 3 * acts * (self.cfg.batch_size + 1)
+            + acts * min(len(self.q_target), QUERY_CHUNK)
+        )
+        budget_mb, max_runs = self.cfg.memory_budget_mb, self.cfg.max_runs_per_chunk
+        defaults = {f.name: f.default for f in dataclasses.fields(FurtherTrainingConfig)}
+        if self.device.type == "cuda" and (budget_mb, max_runs) == (
+            defaults["memory_budget_mb"],
+            defaults["max_runs_per_chunk"],
+        ):
+            # the CPU-sized defaults, on a GPU: chunks of thousands of runs in half the free memory
+            budget_mb, max_runs = torch.cuda.mem_get_info(self.device)[0] / 2**21, GPU_MAX_RUNS
+        return max(1, min(max_runs, int(budget_mb * 2**20 // per_run)))
+
+    def seeds_per_chunk(self) -> int:
+        return max(1, self._runs_per_chunk() // (1 + len(self.left_out)))
+
+    def run(self, seeds, progress):
+        if not seeds:
+            return
+        R1 = 1 + len(self.left_out)
+        max_runs = self._runs_per_chunk()
+        seeds_per_chunk = self.seeds_per_chunk()
+        chunks = [seeds[i : i + seeds_per_chunk] for i in range(0, len(seeds), seeds_per_chunk)]
+        bar = tqdm(total=len(seeds), desc="further training (vectorized)", disable=not progress)
+        for chunk in chunks:
+            pairs = [(s, r) for s in chunk for r in range(R1)]
+            parts = []
+            for k in range(0, len(pairs), max_runs):
+                parts.append(self._train(pairs[k : k + max_runs], progress))
+            losses = torch.cat(parts, dim=1)  # (E, len(pairs), Q)
+            for j, s in enumerate(chunk):
+                block = losses[:, j * R1 : (j + 1) * R1]
+                yield (
+                    s,
+                    {
+                        "loss_full": block[:, 0].to("cpu", copy=True),
+                        "loss_loo": block[:, 1:].to("cpu", copy=True),
+                    },
+                )
+                bar.update(1)
+        bar.close()
+
+    def _train(self, pairs: list[tuple[int, int]], progress: bool) -> torch.Tensor:
+        """Train the runs ``pairs`` = [(seed, run)] (run 0 = full, 1 + j = left_out[j]) together.
+
+        Returns query losses (n_evals, len(pairs), n_query).
+        """
+        cfg, n, B = self.cfg, self.n, self.cfg.batch_size
+        R = len(pairs)
+        params = {
+            k: v.unsqueeze(0).repeat(R, *([1] * v.ndim)).requires_grad_(self.mlp is None)
+            for k, v in self.params0.items()
+        }
+        opt = StackedOptimizer(cfg, params, R)
+        dev = self.device
+        seeds = sorted({s for s, _ in pairs})
+        run_seed = torch.tensor([seeds.index(s) for s, _ in pairs], device=dev)
+        is_loo = torch.tensor([r > 0 for _, r in pairs], device=dev)
+        lo_idx = torch.tensor(
+            [self.left_out[r - 1] if r > 0 else 0 for _, r in pairs], dtype=torch.long, device=dev
+        )
+        dtype = next(iter(self.params0.values())).dtype
+        losses = torch.empty(
+            len(self.points), R, len(self.q_target), dtype=torch.float64, device=dev
+        )
+        if (0, 0) in self.eval_at:
+            losses[self.eval_at[(0, 0)]] = self._query_losses(params)
+        gens = [epoch_orders(n, s, self.last_epoch) for s in seeds]
+        first_bad = torch.zeros(R, dtype=torch.long, device=dev)  # a run's first non-finite step
+        pad = self.n_slots * B
+        every_batch = cfg.leave_out == "every_batch"
+        shorter = not every_batch and any(r > 0 for _, r in pairs)  # some runs see n - 1 samples
+        length = torch.where(is_loo, n - 1, n) if shorter else torch.full((R,), n, device=dev)
+        k = torch.arange(n, device=dev)
+        pos_in_slot = torch.arange(B, device=dev)
+        eb_w = -is_loo.to(dtype)[:, None] / n
+        for epoch in tqdm(range(self.last_epoch), desc="epochs", leave=False, disable=not progress):
+            perms = torch.stack([next(g) for g in gens]).to(
+                dev
+            )  # (n_seeds, n): one transfer per epoch
+            orders = torch.full((R, pad), -1, dtype=torch.long, device=dev)
+            rows = perms[run_seed]  # (R, n)
+            if shorter:  # run_orders on the device: row k takes perm[k + (k >= position of i)]
+                inv = torch.empty_like(perms).scatter_(1, perms, k.expand_as(perms))
+                pos = inv[run_seed, lo_idx]
+                src = torch.where(is_loo[:, None], k + (k >= pos[:, None]), k).clamp_(max=n - 1)
+                rows = rows.gather(1, src).masked_fill_(is_loo[:, None] & (k == n - 1), -1)
+            orders[:, :n] = rows
+            for slot in range(self.n_slots):
+                width = min(B, n - slot * B)  # the last slot is narrower: no padded rows to compute
+                idx = orders[:, slot * B : slot * B + width]  # (R, width)
+                valid = (slot * B + pos_in_slot[:width]) < length[:, None]
+                count = valid.sum(1)
+                active = count > 0
+                w = valid.to(dtype) / count.clamp(min=1).to(dtype)[:, None]
+                if every_batch:
+                    idx = torch.cat([idx, lo_idx[:, None]], dim=1)
+                    w = torch.cat([w, eb_w], dim=1)
+                safe = idx.clamp(min=0)
+                grads = self._grads(
+                    params, tuple(x[safe] for x in self.inputs), self.target[safe], w
+                )
+                total = sum(g.detach().reshape(R, -1).sum(1) for g in grads.values())
+                step = epoch * self.n_slots + slot + 1
+                first_bad = torch.where((first_bad == 0) & ~torch.isfinite(total), step, first_bad)
+                opt.step(grads, active, everyone=(n - shorter) > slot * B)
+                if (epoch, slot + 1) in self.eval_at:
+                    self.check_finite(first_bad, pairs)
+                    losses[self.eval_at[(epoch, slot + 1)]] = self._query_losses(params)
+        self.check_finite(first_bad, pairs)
+        return losses
+
+    @torch.no_grad()
+    def _query_losses(self, params) -> torch.Tensor:
+        if self.mlp is not None:
+            x = self.q_inputs[0]
+            out = self.mlp.forward(
+                params, x.expand(next(iter(params.values())).shape[0], *x.shape)
+            )[-1]
+            return query_loss(
+                out, self.q_target.expand(out.shape[0], *self.q_target.shape), self.task
+            )
+        detached = {k: v.detach() for k, v in params.items()}
+        parts = []
+        for sl in batch_slices(
+            len(self.q_target), QUERY_CHUNK
+        ):  # queries in chunks bound the memory
+            out = self.fwd_shared(detached, tuple(x[sl] for x in self.q_inputs))  # (R, chunk, k)
+            target = self.q_target[sl]
+            parts.append(query_loss(out, target.expand(out.shape[0], *target.shape), self.task))
+        return torch.cat(parts, dim=1)
