@@ -4,7 +4,7 @@ the cross-dataset summary and the README's results section.
 Public: ``FIGURE_NAMES``, ``figure_name``, ``agreement_figure``, ``seed_figure``,
 ``sorted_scores_figure``, ``image_table_figure``, ``PAPER_PANELS``, ``FIGURE_SLOTS``,
 ``panel_datasets``, ``compose_figure``, ``crossing_time``, ``cross_dataset_summary``,
-``markdown_table``, ``update_readme``.
+``markdown_table``, ``reproduced_table``, ``update_readme``.
 """
 
 from __future__ import annotations
@@ -21,17 +21,19 @@ from . import plotting
 from .cache import repo_root
 from .data import Splits
 from .further_training import FurtherTrainingResult
-from .methods import METHODS, AttributionScores, method_style, methods_in_family
+from .methods import AttributionScores, method_style, methods_in_family
 from .metrics import Curve
 from .pipeline import (
     AGREEMENT_FIGURES,
     SEED_KS,
     RunResults,
     agreement_panel,
+    score_labels,
     seed_panel,
     sorted_panel,
     summary_table,
 )
+from .reproduced import FINDINGS, reproduced_table  # noqa: F401 (public here)
 
 #: the y-axis label of each agreement metric
 AXIS_LABELS = {"cosine": "cosine similarity", "spearman": "Spearman correlation"}
@@ -68,6 +70,23 @@ def _title(
     return head + (f"\n{note}" if note else "")
 
 
+def dropped_note(curves: Mapping[str, Curve]) -> str:
+    """The empty string when no curve leaves a query out of its mean; else e.g. "queries left
+    out of the mean (undefined agreement): up to 3 (Grad-Dot, CG)" (max over time and methods).
+    """
+    counts = {m: int(torch.as_tensor(c.n_dropped).max()) for m, c in curves.items()}
+    worst = max(counts.values(), default=0)
+    if worst == 0:
+        return ""
+    names = ", ".join(method_style(m)["label"] for m, n in counts.items() if n)
+    return f"queries left out of the mean (undefined agreement): up to {worst} ({names})"
+
+
+def _with_dropped(note: str, curves: Mapping[str, Curve]) -> str:
+    extra = dropped_note(curves)
+    return "; ".join(x for x in (note, extra) if x)
+
+
 def agreement_figure(
     fig_id: str,
     gold: FurtherTrainingResult,
@@ -82,12 +101,19 @@ def agreement_figure(
 ):
     """Agreement vs further-training time for every method (Figs. 2, 4, 5, 6, 11).
 
-    Returns ``(figure, {method: Curve})``; the figure is saved as PNG + PDF.
+    Returns ``(figure, {method: Curve})``; the figure is saved as PNG + PDF. When some method
+    leaves queries out of its agreement mean (``Curve.n_dropped``), the note says how many.
     """
     curves = agreement_panel(gold, scores, subtract_mean, metric, seeds)
-    title = _title(fig_id, dataset, gold, subtract_mean, note)
+    title = _title(fig_id, dataset, gold, subtract_mean, _with_dropped(note, curves))
     fig = plotting.plot_agreement(
-        curves, gold.times, gold.time_unit, AXIS_LABELS[metric], title=title, xlabel=xlabel
+        curves,
+        gold.times,
+        gold.time_unit,
+        AXIS_LABELS[metric],
+        title=title,
+        xlabel=xlabel,
+        labels=score_labels(scores),
     )
     plotting.save_figure(fig, figure_name(fig_id, dataset, gold.config.optimizer), figures_dir)
     return fig, curves
@@ -109,7 +135,9 @@ def seed_figure(
     """
     curves = seed_panel(gold, scores, subtract_mean, ks)
     fig = plotting.plot_seed_curves(
-        curves, title=_title(fig_id, dataset, gold, subtract_mean, note)
+        curves,
+        title=_title(fig_id, dataset, gold, subtract_mean, note),
+        labels=score_labels(scores),
     )
     plotting.save_figure(fig, figure_name(fig_id, dataset, gold.config.optimizer), figures_dir)
     return fig, curves
@@ -133,41 +161,53 @@ def sorted_scores_figure(
 
 
 def crossing_time(curves: Mapping[str, Curve], times) -> float | None:
-    """First evaluation time at which the influence-function curve reaches the first-order one
-    after starting below it; None if they do not cross.
+    """First evaluation time from which an influence-family curve stays above the first-order
+    one until the last evaluation, whatever the start; None if it is not above at the last.
 
-    The curves compared: the first registered first-order method present (Grad-Dot) and the first
-    registered influence method damped by lambda0 present (CG, else LiSSA, LiSSA-H, EK-FAC,
-    explicit IF).
+    The curves compared: the first registered first-order method present (Grad-Dot) and each
+    influence-family method present (registry family "influence": CG, LiSSA, LiSSA-H, EK-FAC,
+    explicit IF, ...). For each, the crossing is the first evaluation j with ``inf[k] > fo[k]``
+    for every k >= j (the evaluation itself when the curve is above from the start); the result
+    is the earliest over the influence methods. A curve that goes above and falls back below
+    before the end does not count; NaN entries count as not above.
+
+    Args:
+        curves: {method: Curve} of one panel (e.g. Fig. 2's cosine curves).
+        times: (n_evals,) evaluation times.
+
+    Returns:
+        The time of that evaluation, or None.
     """
     fo = next((curves[m] for m in methods_in_family("first_order") if m in curves), None)
-    inf = next(
-        (
-            curves[m]
-            for m in methods_in_family("influence")
-            if m in curves and METHODS[m].damping == "lambda0"
-        ),
-        None,
-    )
-    if fo is None or inf is None:
+    infs = [curves[m] for m in methods_in_family("influence") if m in curves]
+    if fo is None or not infs:
         return None
-    diff = (inf.mean - fo.mean).double()
-    if not diff[0] < 0:
-        return None
-    above = torch.nonzero(diff >= 0).flatten()
-    return float(torch.as_tensor(times)[above[0]]) if len(above) else None
+    t = torch.as_tensor(times)
+    found = []
+    for inf in infs:
+        above = (inf.mean.double() > fo.mean.double()).tolist()
+        if not above or not above[-1]:
+            continue
+        j = len(above) - 1
+        while j > 0 and above[j - 1]:
+            j -= 1
+        found.append(j)
+    return float(t[min(found)]) if found else None
 
 
 def cross_dataset_summary(runs: Mapping[str, RunResults]) -> pd.DataFrame:
     """One row per (notebook run, method): cosine agreement at the first evaluation, at its best
-    and at the last (Fig. 2 curves), and the time at which first-order and IF curves cross.
+    and at the last (Fig. 2 curves), the number of queries left out of the mean (``dropped``:
+    max over time), and the time from which an influence-family curve stays above the
+    first-order one (``crossing_time``).
     """
     rows = []
     for run, r in runs.items():
         if "fig2" not in r.agreement:
             continue
         cross = crossing_time(r.agreement["fig2"], r.times["fig2"])
-        for method, row in summary_table(r.agreement["fig2"], r.times["fig2"]).iterrows():
+        table = summary_table(r.agreement["fig2"], r.times["fig2"], labels=r.labels)
+        for method, row in table.iterrows():
             rows.append(
                 {
                     "run": run,
@@ -176,6 +216,7 @@ def cross_dataset_summary(runs: Mapping[str, RunResults]) -> pd.DataFrame:
                     "best": row["best"],
                     "best_time": row["best_time"],
                     "last": row["last"],
+                    "dropped": int(row["dropped"]),
                     "crossing_time": cross,
                     "time_unit": r.time_unit,
                 }
@@ -211,10 +252,17 @@ README_FIGURE = "docs/results_fig2_{profile}.png"
 
 
 def update_readme(
-    summary: pd.DataFrame, figure: Path, profile: str, readme: Path | None = None
+    summary: pd.DataFrame,
+    figure: Path,
+    profile: str,
+    readme: Path | None = None,
+    reproduced: pd.DataFrame | None = None,
 ) -> bool:
     """Replace the README's results section (between the ``results`` markers) with the
-    multi-panel Fig. 2 and the summary table of ``profile``.
+    multi-panel Fig. 2, the summary table of ``profile`` (with ``dropped``, the queries left out
+    of the agreement mean, max over time, and ``crossing_time``, the first evaluation from which
+    an influence-family curve stays above Grad-Dot) and, below it, the ``reproduced`` table
+    (``reproduced_table``) when given.
 
     ``figure`` is copied to ``README_FIGURE`` next to the README, which the section links, so
     that the notebooks' own outputs never touch a committed file. Returns False if the README has
@@ -229,14 +277,25 @@ def update_readme(
     rel = Path(README_FIGURE.format(profile=profile))
     (readme.parent / rel).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(figure, readme.parent / rel)
-    cols = ["run", "method", "first", "best", "best_time", "last", "crossing_time"]
+    cols = ["run", "method", "first", "best", "best_time", "last", "dropped", "crossing_time"]
+    cols = [c for c in cols if c in summary.columns]
     table = markdown_table(summary[cols]) if len(summary) else "(no results)"
+    repro = ""
+    if reproduced is not None:
+        repro = (
+            "\n\n*Reproduced? Each of the paper's findings on each run, with the two numbers "
+            "compared (from this run's results).*\n\n"
+            + (markdown_table(reproduced) if len(reproduced) else "(no results)")
+        )
     body = (
         f"{README_START}\n*Generated by `make reproduce` (profile `{profile}`) from "
         "`notebooks/05_paper_figures.ipynb`; cosine agreement of each method with further "
-        "training at the first evaluation, at its best and at the last.*\n\n"
+        "training at the first evaluation, at its best and at the last; `dropped`: the most "
+        "queries left out of the agreement mean at any evaluation (undefined cosine); "
+        "`crossing_time`: the first evaluation from which an influence-family curve stays above "
+        'Grad-Dot until the last ("-": none).*\n\n'
         f"![Fig. 2, {profile} profile]({rel.as_posix()})"
-        f"\n\n{table}\n{README_END}"
+        f"\n\n{table}{repro}\n{README_END}"
     )
     start, end = text.index(README_START), text.index(README_END) + len(README_END)
     readme.write_text(text[:start] + body + text[end:])
@@ -339,11 +398,14 @@ def _draw_panel(fig_id: str, record: RunResults, ax) -> bool:
             ax=ax,
             legend=False,
             xlabel="re-training epochs" if fig_id == "fig11" else None,
+            labels=record.labels,
         )
     elif fig_id in SEED_FIGURE_DATA:
         if SEED_FIGURE_DATA[fig_id] not in record.seeds:
             return False
-        plotting.plot_seed_curves(record.seeds[SEED_FIGURE_DATA[fig_id]], ax=ax, legend=False)
+        plotting.plot_seed_curves(
+            record.seeds[SEED_FIGURE_DATA[fig_id]], ax=ax, legend=False, labels=record.labels
+        )
     else:
         plotting.plot_sorted_scores(record.sorted_scores, ax=ax, legend=True)
     return True

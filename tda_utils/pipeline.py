@@ -31,6 +31,7 @@ from .config import check_indices, check_positive
 from .data import DATASETS, Splits, load_dataset
 from .further_training import FurtherTrainingResult
 from .methods import METHODS, AttributionScores, attribute, method_order, method_style
+from .methods.registry import method_label
 from .metrics import Curve, SeedCurve, agreement, nan_argmax, seed_group_agreement, sorted_scores
 from .records import AGREEMENT_FIGURES, SEED_FIGURES, RunResults, load_results  # noqa: F401 (public here)
 
@@ -223,19 +224,25 @@ def summary_table(
     times,
     scores: Mapping[str, AttributionScores] | None = None,
     wall_time: Mapping[str, float] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Per method (label): agreement (mean +- SEM) at the first evaluation, at its best and at
     the last, the time of the best, and the method's wall time (from ``scores`` or ``wall_time``).
+
+    ``dropped``: the largest number of queries left out of the agreement mean at any evaluation
+    (``Curve.n_dropped``, max over time). Labels name a non-paper LiSSA depth
+    (``method_label``): from ``scores``, else from ``labels`` ({method: label}).
     """
     t = torch.as_tensor(times).double()
     if scores is not None:
         wall_time = {m: s.wall_time for m, s in scores.items()}
+        labels = score_labels(scores)
     rows = []
     for m in method_order(list(curves)):
         c = curves[m]
         best = nan_argmax(c.mean)
         row = {
-            "method": method_style(m)["label"],
+            "method": (labels or {}).get(m, method_style(m)["label"]),
             "first": float(c.mean[0]),
             "first_sem": float(c.sem[0]),
             "best": float(c.mean[best]),
@@ -243,6 +250,7 @@ def summary_table(
             "last": float(c.mean[-1]),
             "last_sem": float(c.sem[-1]),
             "nan_queries_max": int(c.n_nan.max()),
+            "dropped": int(torch.as_tensor(c.n_dropped).max()),
         }
         if wall_time is not None and m in wall_time:
             row["wall_time_s"] = round(wall_time[m], 2)
@@ -357,6 +365,11 @@ def cost_table(scores: Mapping[str, AttributionScores]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------
 # Panels and the results record
 # ----------------------------------------------------------------------------------------------
+def score_labels(scores: Mapping[str, AttributionScores]) -> dict[str, str]:
+    """{method: its figure and table label} (``method_label``: names a non-paper LiSSA depth)."""
+    return {m: method_label(m, s) for m, s in scores.items()}
+
+
 def agreement_panel(
     gold: FurtherTrainingResult,
     scores: Mapping[str, AttributionScores],
@@ -449,6 +462,7 @@ def collect_results(
         sorted_scores=sorted_panel(gold, scores, sorted_time_indices),
         wall_time={m: float(s.wall_time) for m, s in scores.items()},
         final_eval=dict(final_eval),
+        labels=score_labels(scores),
     )
     record.save(results_dir)
     return record

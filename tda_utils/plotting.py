@@ -58,10 +58,12 @@ def plot_agreement(
     ax=None,
     legend: bool = True,
     xlabel: str | None = None,
+    labels: Mapping[str, str] | None = None,
 ):
     """Agreement vs further-training time, one curve per method with a +-SEM band.
 
-    ``curves``: {method: metrics.Curve}; ``times``: (n_evals,). Returns the figure.
+    ``curves``: {method: metrics.Curve}; ``times``: (n_evals,); ``labels``: {method: legend
+    label} overriding the registered one (``methods.registry.method_label``). Returns the figure.
     """
     fig, ax = _figure_axes(ax, (6, 4.8))
     t = np.asarray(torch.as_tensor(times).double())
@@ -72,7 +74,7 @@ def plot_agreement(
         ax.plot(
             t,
             mean,
-            label=style.get("label", m),
+            label=(labels or {}).get(m, style.get("label", m)),
             color=style.get("color"),
             linestyle=style.get("linestyle", "-"),
         )
@@ -100,11 +102,16 @@ def save_figure(fig, name: str, figures_dir: str | Path) -> list[Path]:
 
 
 def plot_seed_curves(
-    seed_curves: Mapping[str, object], title: str | None = None, ax=None, legend: bool = True
+    seed_curves: Mapping[str, object],
+    title: str | None = None,
+    ax=None,
+    legend: bool = True,
+    labels: Mapping[str, str] | None = None,
 ):
     """Best agreement (max over time) vs number of seeds averaged, semilog-x (Figs. 3, 7-9).
 
-    ``seed_curves``: {method: metrics.SeedCurve}. Returns the figure.
+    ``seed_curves``: {method: metrics.SeedCurve}; ``labels`` as in ``plot_agreement``. Returns
+    the figure.
     """
     fig, ax = _figure_axes(ax, (5.5, 5.5))
     for m in method_order(list(seed_curves)):
@@ -116,7 +123,7 @@ def plot_seed_curves(
             yerr=np.nan_to_num(np.asarray(c.sem)),
             marker="o",
             capsize=3,
-            label=style.get("label", m),
+            label=(labels or {}).get(m, style.get("label", m)),
             color=style.get("color"),
             linestyle=style.get("linestyle", "-"),
         )

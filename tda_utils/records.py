@@ -41,6 +41,8 @@ class RunResults:
         sorted_scores: Fig. 10's {label: (n_left_out,)} curves.
         wall_time: {method: seconds}.
         final_eval: the final model's test metrics.
+        labels: {method: its figure and table label} (``methods.registry.method_label``, e.g.
+            "LiSSA-H (depth 100)"); missing methods use the registered label.
     """
 
     notebook: str
@@ -53,6 +55,7 @@ class RunResults:
     sorted_scores: dict[str, torch.Tensor]
     wall_time: dict[str, float]
     final_eval: dict[str, float]
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -191,6 +191,10 @@ def test_results_record_round_trip_and_composed_figure(small_run, tmp_path):
         paper.compose_figure("fig99", {"concrete": loaded})
     summary = paper.cross_dataset_summary(runs)
     assert list(summary["method"]) == ["Grad-Dot", "Grad-Cos"]
+    assert list(summary["dropped"]) == [
+        int(curves[m].n_dropped.max()) for m in ("grad_dot", "grad_cos")
+    ]
+    assert loaded.labels == {"grad_dot": "Grad-Dot", "grad_cos": "Grad-Cos"}
     assert summary["first"].iloc[0] == pytest.approx(float(curves["grad_dot"].mean[0]))
     plt.close("all")
 
@@ -235,18 +239,20 @@ def test_crossing_time():
         )
 
     times = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    assert (
-        paper.crossing_time(
-            {"grad_dot": mk([0.9, 0.7, 0.5, 0.3]), "cg": mk([0.4, 0.5, 0.6, 0.6])}, times
-        )
-        == 3.0
-    )
-    assert (
-        paper.crossing_time(
-            {"grad_dot": mk([0.9, 0.8, 0.8, 0.8]), "cg": mk([0.4, 0.5, 0.6, 0.6])}, times
-        )
-        is None
-    )
+    gd = mk([0.9, 0.7, 0.5, 0.3])
+
+    def cross(**inf):
+        return paper.crossing_time({"grad_dot": gd, **{m: mk(v) for m, v in inf.items()}}, times)
+
+    assert cross(cg=[0.4, 0.5, 0.6, 0.6]) == 3.0  # starts below, crosses at the third
+    assert cross(cg=[0.95, 0.8, 0.6, 0.6]) == 1.0  # starts above and stays above
+    assert cross(cg=[0.95, 0.6, 0.6, 0.6]) == 3.0  # above, falls below, above again from t=3
+    assert cross(cg=[0.4, 0.8, 0.6, 0.2]) is None  # crosses, then falls back below at the end
+    assert cross(cg=[0.4, 0.5, 0.4, 0.2]) is None  # never above
+    assert cross(cg=[0.4, 0.6, 0.4, 0.2], ekfac=[0.4, 0.5, 0.4, 0.4]) == 4.0  # any influence
+    assert cross(cg=[0.4, 0.5, 0.6, 0.6], ekfac=[0.4, 0.8, 0.6, 0.4]) == 2.0  # the earliest
+    assert cross(grad_cos=[1.0, 1.0, 1.0, 1.0]) is None  # first-order is not influence family
+    assert cross(cg=[0.4, float("nan"), 0.6, 0.6]) == 3.0  # NaN counts as not above
     assert paper.crossing_time({"grad_dot": mk([0.9, 0.8, 0.8, 0.8])}, times) is None
 
 

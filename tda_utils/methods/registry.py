@@ -142,6 +142,27 @@ def method_style(method: str) -> dict[str, str]:
     return {"label": spec.label, "color": spec.color, "linestyle": spec.linestyle}
 
 
+#: the paper's LiSSA / LiSSA-H recursion depth (T = 5000, one repeat)
+PAPER_LISSA_DEPTH = 5000
+
+
+def method_label(method: str, score: AttributionScores | None = None) -> str:
+    """The label of ``method`` in figures and tables, naming what differs from the paper.
+
+    A LiSSA-style method (one whose scores' ``diagnostics`` or ``config`` hold a ``depth``) run
+    at a depth other than the paper's (``PAPER_LISSA_DEPTH``) is labelled e.g.
+    "LiSSA-H (depth 100)": truncated LiSSA is an early-stopped influence function, not the
+    paper's. Without ``score`` (or without a depth) the registered label.
+    """
+    label = method_style(method)["label"]
+    if score is None:
+        return label
+    depth = score.diagnostics.get("depth", score.config.get("depth"))
+    if depth is not None and int(depth) != PAPER_LISSA_DEPTH:
+        label += f" (depth {int(depth)})"
+    return label
+
+
 def methods_in_family(family: str) -> tuple[str, ...]:
     """Registered methods of ``family`` (one of ``FAMILIES``), in the paper's order."""
     check_choice("family", family, FAMILIES)
