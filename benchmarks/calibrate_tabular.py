@@ -53,11 +53,13 @@ final = tu.train_model(
     progress=False,
 )
 print(
-    f"final: {tu.evaluate(final, splits)} train {final.fimo_train_seconds:.1f}s (load {time.perf_counter() - t0:.1f}s)"
+    f"final: {tu.evaluate(final, splits)} train {final.fimo_train_seconds:.1f}s "
+    f"(load {time.perf_counter() - t0:.1f}s)"
 )
 steps_per_epoch = -(-splits.n_train // 128)
 print(
-    f"steps/epoch {steps_per_epoch}; eta x steps at the last eval = {a.lr * steps_per_epoch * a.epochs:.3f}"
+    f"steps/epoch {steps_per_epoch}; "
+    f"eta x steps at the last eval = {a.lr * steps_per_epoch * a.epochs:.3f}"
 )
 
 cfg = tu.FurtherTrainingConfig(
@@ -111,7 +113,8 @@ gold = tu.further_train(
 ft_s = time.perf_counter() - t
 tau = gold.attribution(subtract_mean=True)
 print(
-    f"further training {a.seeds} seeds: {ft_s:.1f}s ({gold.from_cache} cached) -> {ft_s / max(1, a.seeds - gold.from_cache):.1f}s/seed"
+    f"further training {a.seeds} seeds: {ft_s:.1f}s ({gold.from_cache} cached) -> "
+    f"{ft_s / max(1, a.seeds - gold.from_cache):.1f}s/seed"
 )
 out = {}
 for m, s in scores.items():
