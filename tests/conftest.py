@@ -70,3 +70,56 @@ def reg_splits() -> Splits:
 @pytest.fixture
 def cls_splits() -> Splits:
     return make_splits("classification")
+
+
+# --- make test leaves tracked files alone -----------------------------------------------------
+# Notebook 05 rewrites README.md and docs/results_fig2_cpu.png only when the runner asks
+# (`update_readme: true` in the cpu profile, i.e. `make reproduce`). This check snapshots the
+# working tree's tracked changes when the session starts and fails the session (exit status 1,
+# naming the files) if any test or nbval notebook run changed a tracked file.
+_REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def _tracked_state() -> str | None:
+    """``git status`` of tracked files plus the full diff against HEAD; None outside a checkout."""
+    import subprocess
+
+    try:
+        status = subprocess.run(
+            ["git", "-C", str(_REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        diff = subprocess.run(
+            ["git", "-C", str(_REPO), "diff", "--binary", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return status + "\n" + diff
+
+
+def pytest_sessionstart(session):
+    session.config._fimo_tracked = _tracked_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_fimo_tracked", None)
+    after = _tracked_state()
+    if before is None or after is None or before == after:
+        return
+    import subprocess
+
+    changed = subprocess.run(
+        ["git", "-C", str(_REPO), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    print(
+        "\nFAILED: the test session changed tracked files (make test must leave git status "
+        f"clean):\n{changed}"
+    )
+    session.exitstatus = 1
