@@ -41,7 +41,7 @@ slides: $(STAMP)
 	@echo "slides: reports/slides/00_unified_view_tutorial.slides.html"
 
 test: $(STAMP)
-	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env --durations=25
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet ruff==0.17.6 && $(PY) -m ruff check tda_utils tests benchmarks
