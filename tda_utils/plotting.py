@@ -206,8 +206,11 @@ def plot_trajectories(
     g = np.asarray(torch.as_tensor(gold).double())
     for j, ax in enumerate(axes[0]):
         ax.plot(t, g[:, j], color="k", linewidth=2.5, alpha=0.6, label="further training")
-        kept = [g[:, j]] + [np.asarray(torch.as_tensor(p).double())[..., j].ravel() for m, p in predictions.items()
-                            if m not in clip]
+        kept = [g[:, j]] + [
+            np.asarray(torch.as_tensor(p).double())[..., j].ravel()
+            for m, p in predictions.items()
+            if m not in clip
+        ]
         lo, hi = float(min(k.min() for k in kept)), float(max(k.max() for k in kept))
         for m, pred in predictions.items():
             p = np.asarray(torch.as_tensor(pred).double())
@@ -234,7 +237,14 @@ def plot_trajectories(
             ax.set_ylim(lo - pad, hi + pad)
     axes[0][0].set_ylabel("tau_i(t): change of test loss")
     handles, names = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize="small", bbox_to_anchor=(0.5, 0.0))
+    fig.legend(
+        handles,
+        names,
+        loc="lower center",
+        ncol=len(names),
+        fontsize="small",
+        bbox_to_anchor=(0.5, 0.0),
+    )
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
