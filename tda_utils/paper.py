@@ -165,11 +165,12 @@ def crossing_time(curves: Mapping[str, Curve], times) -> float | None:
     one until the last evaluation, whatever the start; None if it is not above at the last.
 
     The curves compared: the first registered first-order method present (Grad-Dot) and each
-    influence-family method present (registry family "influence": CG, LiSSA, LiSSA-H, EK-FAC,
-    explicit IF, ...). For each, the crossing is the first evaluation j with ``inf[k] > fo[k]``
-    for every k >= j (the evaluation itself when the curve is above from the start); the result
-    is the earliest over the influence methods. A curve that goes above and falls back below
-    before the end does not count; NaN entries count as not above.
+    influence-family method present (registry family "influence": DataInf, CG, LiSSA, LiSSA-H,
+    EK-FAC, TRAK, TRAK (loss), explicit IF; not ``if_time``). For each, the crossing is the
+    first evaluation j with ``inf[k] > fo[k]`` for every k >= j (the first evaluation itself when
+    the curve is above from the start); the result is the earliest over the influence methods. A
+    curve that goes above and falls back below before the end does not count; NaN entries count
+    as not above.
 
     Args:
         curves: {method: Curve} of one panel (e.g. Fig. 2's cosine curves).
