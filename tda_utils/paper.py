@@ -21,7 +21,7 @@ from . import plotting
 from .cache import repo_root
 from .data import Splits
 from .further_training import FurtherTrainingResult
-from .methods import AttributionScores, method_style, methods_in_family
+from .methods import AttributionScores, hessian_methods, method_style, methods_in_family
 from .metrics import Curve
 from .pipeline import (
     AGREEMENT_FIGURES,
@@ -161,12 +161,12 @@ def sorted_scores_figure(
 
 
 def crossing_time(curves: Mapping[str, Curve], times) -> float | None:
-    """First evaluation time from which an influence-family curve stays above the first-order
+    """First evaluation time from which a Hessian-based influence curve stays above the first-order
     one until the last evaluation, whatever the start; None if it is not above at the last.
 
     The curves compared: the first registered first-order method present (Grad-Dot) and each
-    influence-family method present (registry family "influence": DataInf, CG, LiSSA, LiSSA-H,
-    EK-FAC, TRAK, TRAK (loss), explicit IF; not ``if_time``). For each, the crossing is the
+    Hessian-based influence method present (``methods.hessian_methods()``: CG, LiSSA, LiSSA-H,
+    EK-FAC, explicit IF; not DataInf, TRAK or ``if_time``). For each, the crossing is the
     first evaluation j with ``inf[k] > fo[k]`` for every k >= j (the first evaluation itself when
     the curve is above from the start); the result is the earliest over the influence methods. A
     curve that goes above and falls back below before the end does not count; NaN entries count
@@ -180,7 +180,7 @@ def crossing_time(curves: Mapping[str, Curve], times) -> float | None:
         The time of that evaluation, or None.
     """
     fo = next((curves[m] for m in methods_in_family("first_order") if m in curves), None)
-    infs = [curves[m] for m in methods_in_family("influence") if m in curves]
+    infs = [curves[m] for m in hessian_methods() if m in curves]
     if fo is None or not infs:
         return None
     t = torch.as_tensor(times)
@@ -199,7 +199,7 @@ def crossing_time(curves: Mapping[str, Curve], times) -> float | None:
 def cross_dataset_summary(runs: Mapping[str, RunResults]) -> pd.DataFrame:
     """One row per (notebook run, method): cosine agreement at the first evaluation, at its best
     and at the last (Fig. 2 curves), the number of queries left out of the mean (``dropped``:
-    max over time), and the time from which an influence-family curve stays above the
+    max over time), and the time from which a Hessian-based influence curve stays above the
     first-order one (``crossing_time``).
     """
     rows = []
@@ -262,7 +262,7 @@ def update_readme(
     """Replace the README's results section (between the ``results`` markers) with the
     multi-panel Fig. 2, the summary table of ``profile`` (with ``dropped``, the queries left out
     of the agreement mean, max over time, and ``crossing_time``, the first evaluation from which
-    an influence-family curve stays above Grad-Dot) and, below it, the ``reproduced`` table
+    a Hessian-based influence curve stays above Grad-Dot) and, below it, the ``reproduced`` table
     (``reproduced_table``) when given.
 
     ``figure`` is copied to ``README_FIGURE`` next to the README, which the section links, so
@@ -293,8 +293,8 @@ def update_readme(
         "`notebooks/05_paper_figures.ipynb`; cosine agreement of each method with further "
         "training at the first evaluation, at its best and at the last; `dropped`: the most "
         "queries left out of the agreement mean at any evaluation (undefined cosine); "
-        "`crossing_time`: the first evaluation from which an influence-family curve stays above "
-        'Grad-Dot until the last ("-": none).*\n\n'
+        "`crossing_time`: the first evaluation from which a Hessian-based influence curve "
+        'stays above Grad-Dot until the last ("-": none).*\n\n'
         f"![Fig. 2, {profile} profile]({rel.as_posix()})"
         f"\n\n{table}{repro}\n{README_END}"
     )

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from .methods import method_style, methods_in_family
+from .methods import hessian_methods, method_style
 from .metrics import Curve
 from .records import RunResults
 
@@ -29,10 +29,10 @@ def _finite(x) -> float | None:
 
 
 def _best_influence(curves: Mapping[str, Curve], index: int, labels: Mapping[str, str]):
-    """(label, value) of the influence-family curve highest at evaluation ``index``, or None."""
+    """(label, value) of the Hessian-based curve highest at evaluation ``index``, or None."""
     vals = [
         (labels.get(m, method_style(m)["label"]), _finite(curves[m].mean[index]))
-        for m in methods_in_family("influence")
+        for m in hessian_methods()
         if m in curves
     ]
     vals = [(lab, v) for lab, v in vals if v is not None]
@@ -48,7 +48,7 @@ def _verdict(finding: str, r: RunResults) -> tuple[str, str]:
         inf = _best_influence(fig2, index, r.labels)
         first_order = None if gd is None else _finite(gd.mean[index])
         if inf is None or first_order is None:
-            return "no Grad-Dot and influence-family Fig. 2 curves", "not run"
+            return "no Grad-Dot and Hessian-based influence Fig. 2 curves", "not run"
         evidence = f"Grad-Dot {when} {first_order:.3f} vs {inf[0]} {when} {inf[1]:.3f}"
         ok = first_order >= inf[1] if index == 0 else inf[1] > first_order
         return evidence, "yes" if ok else "no"
@@ -76,10 +76,10 @@ def reproduced_table(runs: Mapping[str, RunResults]) -> pd.DataFrame:
     One row per (run, finding): ``run``, ``panel`` (the paper's Fig. 2 panel letter of the
     run's dataset, "-" if none), ``finding``, ``evidence`` (the two numbers compared, from this
     run's results) and ``reproduced``: "yes", "no", or "not run" when the run lacks the curves.
-    The checks: Grad-Dot's first Fig. 2 cosine >= every influence-family method's first; the
-    best influence-family method's last > Grad-Dot's last; Grad-Dot's Fig. 7 best agreement at
-    the largest k > at k = 1; Grad-Dot's first Fig. 5 cosine (no mean subtraction) < its first
-    Fig. 2 cosine.
+    The checks: Grad-Dot's first Fig. 2 cosine >= every Hessian-based influence method's first;
+    the best Hessian-based influence method's last > Grad-Dot's last; Grad-Dot's Fig. 7 best
+    agreement at the largest k > at k = 1; Grad-Dot's first Fig. 5 cosine (no mean subtraction)
+    < its first Fig. 2 cosine.
 
     Args:
         runs: {run name: RunResults} (``records.load_results``).

@@ -192,7 +192,7 @@ def test_update_readme_adds_dropped_and_reproduced_tables(runs, tmp_path):
         "| a__concrete | a | first-order methods agree best early | "
         "Grad-Dot first 0.900 vs CG first 0.500 | yes |" in section
     )
-    assert "crossing_time`: the first evaluation from which an influence-family curve" in section
+    assert "the first evaluation from which a Hessian-based influence curve" in section
     assert paper.update_readme(pd.DataFrame(), fig, "cpu", readme)  # no reproduced table: none
     assert "| run | panel | finding |" not in readme.read_text()
 

@@ -169,6 +169,14 @@ def methods_in_family(family: str) -> tuple[str, ...]:
     return tuple(m for m, s in METHODS.items() if s.family == family)
 
 
+def hessian_methods() -> tuple[str, ...]:
+    """Influence-family methods built on the (damped) Hessian with damping in units of lambda0
+    (CG, LiSSA, LiSSA-H, EK-FAC, explicit IF): the paper's "influence functions" in its findings;
+    DataInf and TRAK, which only approximate the Hessian's inverse, are left out.
+    """
+    return tuple(m for m in methods_in_family("influence") if METHODS[m].damping == "lambda0")
+
+
 def scalable_methods() -> tuple[str, ...]:
     """Registered influence-family methods that never form the Hessian explicitly."""
     return tuple(m for m, s in METHODS.items() if s.scalable and s.family == "influence")
