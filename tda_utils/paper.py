@@ -273,7 +273,11 @@ def update_readme(
     if not readme.exists():
         return False
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
+    # the markers count only on lines of their own (prose may quote them)
+    lines = text.splitlines(keepends=True)
+    at = [i for i, line in enumerate(lines) if line.strip() == README_START]
+    to = [i for i, line in enumerate(lines) if line.strip() == README_END]
+    if not at or not to or to[0] < at[0]:
         return False
     rel = Path(README_FIGURE.format(profile=profile))
     (readme.parent / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -298,8 +302,7 @@ def update_readme(
         f"![Fig. 2, {profile} profile]({rel.as_posix()})"
         f"\n\n{table}{repro}\n{README_END}"
     )
-    start, end = text.index(README_START), text.index(README_END) + len(README_END)
-    readme.write_text(text[:start] + body + text[end:])
+    readme.write_text("".join(lines[: at[0]]) + body + "\n" + "".join(lines[to[0] + 1 :]))
     return True
 
 
