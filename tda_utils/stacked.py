@@ -146,6 +146,34 @@ class MLPStack:
 
         The weight gradients live in buffers reused by the next call (consume them first).
         """
+        grads: dict[str, torch.Tensor] = {}
+        self._backward(params, x, target, w, task, grads, lr=None)
+        return grads
+
+    @torch.no_grad()
+    def sgd_step(self, params, x, target, w, task, lr: float) -> torch.Tensor:
+        """One plain SGD step (no momentum, weight decay or clipping) of every run, in place.
+
+        The same arithmetic as ``grads`` followed by ``p -= lr * g``, except that each large
+        weight update is fused into its gradient's matmul (W <- W - lr * dz^T a in one
+        ``baddbmm_``): no gradient is stored and no extra pass over the weights is made. A run
+        whose weights w[r] are all zero is left unchanged (as a masked step).
+
+        Returns (R,): a sum that is non-finite when a run's output, a bias gradient or an updated
+        weight is non-finite (the divergence check: a non-finite weight gradient makes its
+        weights non-finite; so does an update that overflows, one step before the loss shows it).
+        """
+        check: dict[str, torch.Tensor] = {}
+        self._backward(params, x, target, w, task, check, lr=lr)
+        for lay in self.layers:
+            if lay is not None:
+                check[lay[0]] = params[lay[0]]
+        return sum(v.reshape(v.shape[0], -1).sum(1) for v in check.values())
+
+    def _backward(self, params, x, target, w, task, sink: dict, lr: float | None) -> None:
+        """Forward and hand-written backward; ``lr=None``: store the gradients in ``sink``;
+        else apply the SGD step and store the bias gradients and output in ``sink``.
+        """
         acts = self.forward(params, x, reuse=True)
         out = acts[-1]
         if task == "regression":
@@ -154,25 +182,35 @@ class MLPStack:
             dz = torch.softmax(out, dim=-1)
             dz.scatter_add_(-1, target.long().unsqueeze(-1), -torch.ones_like(dz[..., :1]))
         dz = dz * w.unsqueeze(-1)
-        grads: dict[str, torch.Tensor] = {}
+        if lr is not None:
+            sink["output"] = out.sum(1)
         linear = [lay for lay in self.layers if lay is not None]
         for j in range(len(linear) - 1, -1, -1):
             wn, bn = linear[j]
-            a = acts[j]
-            R, d_out, d_in = params[wn].shape
-            if d_in < d_out:  # MKL is faster making the (in, out) product
-                g = torch.bmm(a.transpose(1, 2), dz, out=self._buffer(f"g{j}", (R, d_in, d_out), a))
-                grads[wn] = g.transpose(1, 2)
-            else:
-                grads[wn] = torch.bmm(
-                    dz.transpose(1, 2), a, out=self._buffer(f"g{j}", (R, d_out, d_in), a)
-                )
-            grads[bn] = dz.sum(1)
-            if j > 0:
+            a, weight = acts[j], params[wn]
+            R, d_out, d_in = weight.shape
+            back = None
+            if j > 0:  # the error for layer j - 1, from the weights before this step's update
                 back = self._buffer(f"back{j}", a.shape, a)
                 if d_out == 1:  # an outer product, not a K=1 matmul
-                    torch.mul(dz, params[wn], out=back)
+                    torch.mul(dz, weight, out=back)
                 else:
-                    torch.bmm(dz, params[wn], out=back)
+                    torch.bmm(dz, weight, out=back)
+            if d_in < d_out:  # MKL is faster making the (in, out) product
+                g = torch.bmm(a.transpose(1, 2), dz, out=self._buffer(f"g{j}", (R, d_in, d_out), a))
+                g = g.transpose(1, 2)
+                if lr is None:
+                    sink[wn] = g
+                else:
+                    weight.add_(g, alpha=-lr)
+            elif lr is None:
+                sink[wn] = torch.bmm(
+                    dz.transpose(1, 2), a, out=self._buffer(f"g{j}", (R, d_out, d_in), a)
+                )
+            else:  # the update fused into the gradient's matmul
+                weight.baddbmm_(dz.transpose(1, 2), a, alpha=-lr)
+            sink[bn] = dz.sum(1)
+            if lr is not None:
+                params[bn].add_(sink[bn], alpha=-lr)
+            if back is not None:
                 dz = torch.ops.aten.threshold_backward.grad_input(back, a, 0, grad_input=back)
-        return grads

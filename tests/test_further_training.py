@@ -200,6 +200,61 @@ def test_vectorized_generic_path_and_chunking_agree():
         assert rel_err(vec.loss_full, seq.loss_full) <= 1e-10
 
 
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_fused_sgd_step_equals_gradients_then_optimizer(task):
+    """MLPStack.sgd_step (updates fused into the matmuls) = grads + StackedOptimizer SGD, with
+    one run sitting out (all-zero sample weights) and left unchanged."""
+    from tda_utils.stacked import MLPStack, StackedOptimizer
+
+    splits = make_splits(task, n_train=17)
+    torch.manual_seed(0)
+    model = tu.build_model("mlp", splits, seed=0, hidden=6).double()
+    base = {k: v.detach() for k, v in model.named_parameters()}
+    R, B = 4, 5
+    x, y = splits.train.tensors
+    idx = torch.stack([torch.randperm(17)[:B] for _ in range(R)])
+    w = torch.full((R, B), 1.0 / B, dtype=torch.float64)
+    w[2] = 0.0  # run 2 sits this step out
+    stacked = lambda: {k: v.unsqueeze(0).repeat(R, *([1] * v.ndim)) for k, v in base.items()}  # noqa: E731
+    fused, ref = stacked(), stacked()
+    mlp = MLPStack.maybe(model, fused)
+    assert mlp is not None
+    check = mlp.sgd_step(fused, x[idx], y[idx], w, splits.task, lr=0.3)
+    cfg = tu.FurtherTrainingConfig(lr=0.3, seeds=[0], left_out=[0])
+    StackedOptimizer(cfg, ref, R).step(mlp.grads(ref, x[idx], y[idx], w, splits.task), w.sum(1) > 0)
+    for k in base:
+        torch.testing.assert_close(fused[k], ref[k], rtol=1e-13, atol=1e-15)
+        assert torch.equal(fused[k][2], base[k])  # the sitting-out run is unchanged
+    assert check.shape == (R,) and torch.isfinite(check).all()
+    fused["0.weight"][1, 0, 0] = float("inf")  # a non-finite weight shows in the check
+    assert torch.isfinite(mlp.sgd_step(fused, x[idx], y[idx], w, splits.task, 0.3)).tolist() == [
+        True,
+        False,
+        True,
+        True,
+    ]
+
+
+def test_fast_path_chunks_of_equal_size_agree():
+    """Runs split into balanced parts (no small remainder) give the same numbers."""
+    splits = make_splits("regression", n_train=17)
+    model = tiny_model(splits)
+    kw = dict(lr=0.05, epochs=2, batch_size=5, seeds=[0, 1, 2], left_out=[1, 16], dtype="float64")
+    one = tu.further_train(
+        model, splits, tu.FurtherTrainingConfig(**kw), cache_dir=None, progress=False
+    )
+    for max_runs in (4, 2):
+        parts = tu.further_train(
+            model,
+            splits,
+            tu.FurtherTrainingConfig(max_runs_per_chunk=max_runs, **kw),
+            cache_dir=None,
+            progress=False,
+        )
+        torch.testing.assert_close(parts.loss_loo, one.loss_loo, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(parts.loss_full, one.loss_full, rtol=1e-12, atol=1e-14)
+
+
 # ---------------------------------------------------------------- the link to Grad-Dot
 def test_one_full_batch_step_is_grad_dot():
     """One full-batch SGD step of size eta: tau_i = (eta / n) g_q . g_i to first order."""
