@@ -40,8 +40,10 @@ from torch import nn
 # Bump SCHEMA_VERSION whenever an engine, a method or a training routine changes the numbers it
 # caches (a bug fix, a new default, another arithmetic order): every cache key includes it, so old
 # entries are never returned for the new code (they stay on disk, under their old keys).
-# History: 1 = first release; 2 = model class and structure in the keys, plain-data items.
-SCHEMA_VERSION = 3  # 3: query losses evaluated in float64 (models.query_loss)
+# History: 1 = first release; 2 = model class and structure in the keys, plain-data items;
+# 3 = query losses in float64 (models.query_loss); 4 = plain SGD's weight update fused into its
+# matmul (float32 rounding), and a custom loss_fn is also the recorded query loss.
+SCHEMA_VERSION = 4
 
 
 class CacheWarning(UserWarning):

@@ -91,6 +91,16 @@ class _Engine:
             self.eval_at.setdefault(p, j)
         self.last_epoch = max(e for e, _ in points) + 1
 
+    def query_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-query loss in float64, shape (...): ``models.query_loss`` for the built-in loss,
+        else the custom ``loss_fn`` on the outputs (and floating targets) cast to float64, so the
+        gold standard measures the loss that the model trains on and the methods attribute.
+        """
+        if not self.custom_loss:
+            return query_loss(output, target, self.task)
+        target = target.double() if target.is_floating_point() else target
+        return self.loss(output.double(), target).double()
+
     def seeds_per_chunk(self) -> int:
         """Seeds trained together (and the natural size of an executor's task)."""
         return 1
@@ -127,7 +137,7 @@ class _Sequential(_Engine):
 
     @torch.no_grad()
     def _query_losses(self, model) -> torch.Tensor:
-        return query_loss(model(*self.q_inputs), self.q_target, self.task)
+        return self.query_loss(model(*self.q_inputs), self.q_target)
 
     def _one_run(self, seed: int, run: int | None) -> torch.Tensor:
         cfg = self.cfg
@@ -359,9 +369,7 @@ class _Vectorized(_Engine):
             out = self.mlp.forward(
                 params, x.expand(next(iter(params.values())).shape[0], *x.shape)
             )[-1]
-            return query_loss(
-                out, self.q_target.expand(out.shape[0], *self.q_target.shape), self.task
-            )
+            return self.query_loss(out, self.q_target.expand(out.shape[0], *self.q_target.shape))
         detached = {k: v.detach() for k, v in params.items()}
         parts = []
         for sl in batch_slices(
@@ -369,5 +377,5 @@ class _Vectorized(_Engine):
         ):  # queries in chunks bound the memory
             out = self.fwd_shared(detached, tuple(x[sl] for x in self.q_inputs))  # (R, chunk, k)
             target = self.q_target[sl]
-            parts.append(query_loss(out, target.expand(out.shape[0], *target.shape), self.task))
+            parts.append(self.query_loss(out, target.expand(out.shape[0], *target.shape)))
         return torch.cat(parts, dim=1)

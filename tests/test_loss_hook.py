@@ -91,7 +91,7 @@ def test_custom_loss_per_sample_grads_match_autograd_loop(setup):
 
 def _reference_further_training(model, splits, cfg, loss_fn):
     """A plain loop: SGD on ``loss_fn`` (mean over each batch of the seed's permutation, i deleted);
-    query MSE after every epoch. Returns (full (E, S, Q), loo (E, S, L, Q))."""
+    query ``loss_fn`` after every epoch. Returns (full (E, S, Q), loo (E, S, L, Q))."""
     x, y = splits.train.tensors
     xq, yq = splits.test.tensors
     n = len(y)
@@ -110,7 +110,7 @@ def _reference_further_training(model, splits, cfg, loss_fn):
                     loss_fn(m(x[idx]), y[idx]).mean().backward()
                     opt.step()
                 with torch.no_grad():
-                    per_epoch.append(((m(xq) - yq) ** 2).mean(-1))
+                    per_epoch.append(loss_fn(m(xq), yq))
             runs.append(torch.stack(per_epoch))  # (E, Q)
         full.append(runs[0])
         loo.append(torch.stack(runs[1:], dim=1))  # (E, L, Q)
