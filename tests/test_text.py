@@ -286,6 +286,16 @@ def test_trunk_disk_cache(tiny_data, tmp_path):
     c, _ = mtx.precompute_trunk(other, splits, cache_dir=tmp_path, progress=False)
     assert not c.meta["trunk"]["from_cache"]
 
+    class Patched(type(model)):  # the same weights in other code: another key
+        """A BertClassifier subclass (another forward could change the trunk's outputs)."""
+
+    model.__class__ = Patched
+    try:
+        d, _ = mtx.precompute_trunk(model, splits, cache_dir=tmp_path, progress=False)
+    finally:
+        model.__class__ = Patched.__bases__[0]
+    assert not d.meta["trunk"]["from_cache"]
+
 
 def autograd_grads(model, dataset, task="classification") -> torch.Tensor:
     params = [p for p in model.parameters() if p.requires_grad]
