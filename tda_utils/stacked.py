@@ -1,8 +1,9 @@
 """Stacked-run arithmetic of the vectorized further-training engine (``further_training``).
 
 ``StackedOptimizer``: SGD / Adam / AdamW on parameters stacked over runs (R, ...) with a per-run
-mask; ``MLPStack``: a fast forward/backward path for ``nn.Sequential`` MLPs of Linear and ReLU.
-Both match ``torch.optim`` / autograd (tests/test_further_training.py).
+mask; ``MLPStack``: a fast forward/backward path for ``nn.Sequential`` MLPs of Linear and ReLU,
+with ``sgd_step`` for plain SGD (each weight update fused into its gradient's matmul). All match
+``torch.optim`` / autograd (tests/test_further_training.py).
 """
 
 from __future__ import annotations
