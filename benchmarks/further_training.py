@@ -104,7 +104,7 @@ def main() -> None:
         "--runs-per-chunk",
         type=int,
         default=None,
-        help="max_runs_per_chunk of the engine (default: the config's; GPU: try thousands)",
+        help="max_runs_per_chunk of the engine (default: automatic, 64 on a CPU)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     parser.add_argument(

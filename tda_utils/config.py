@@ -201,6 +201,11 @@ class FurtherTrainingConfig:
     Evaluation: after every ``eval_every`` epochs, or at the optimizer steps ``eval_steps``
     (0 = before any step) when given. ``engine``: ``"vectorized"`` (all runs of a chunk of seeds
     trained together) or ``"sequential"`` (plain reference loop).
+    ``memory_budget_mb`` and ``max_runs_per_chunk`` bound the runs the vectorized engine stacks
+    (they do not change the numbers). ``max_runs_per_chunk=None`` (automatic): 64 for the MLP
+    fast path on a CPU (its stacked matmuls stay in cache), 128 for other models on a CPU, and
+    ``engines.GPU_MAX_RUNS`` on a GPU, where the default ``memory_budget_mb`` becomes half the
+    free GPU memory.
     """
 
     optimizer: str = "sgd"
@@ -219,7 +224,7 @@ class FurtherTrainingConfig:
     eps: float = 1e-8
     dtype: str = "float32"
     memory_budget_mb: float = 2048.0
-    max_runs_per_chunk: int = 128
+    max_runs_per_chunk: int | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -233,7 +238,8 @@ class FurtherTrainingConfig:
         check_positive("eval_every", self.eval_every, integer=True)
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         check_positive("memory_budget_mb", self.memory_budget_mb)
-        check_positive("max_runs_per_chunk", self.max_runs_per_chunk, integer=True)
+        if self.max_runs_per_chunk is not None:
+            check_positive("max_runs_per_chunk", self.max_runs_per_chunk, integer=True)
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)
         _check_betas_eps(self.betas, self.eps)

@@ -9,7 +9,6 @@ describes the leave-out modes and the time axis; both give the same numbers.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -34,10 +33,11 @@ from .training import (
 
 
 QUERY_CHUNK = 128  # queries evaluated at once per run by the vectorized engine
-GPU_MAX_RUNS = 16384  # runs per chunk on a GPU when the config keeps its CPU-sized defaults
-# runs per part for the MLP fast path on a CPU when the config keeps its default: the stacked
-# (R, 128, 128) matmuls run near the peak bmm rate while R x 64 KiB blocks stay in cache
-# (benchmarks/further_training.py: 0.76 ms per run-epoch at 64 against 0.80-0.87 at 101)
+GPU_MAX_RUNS = 16384  # runs per part on a GPU (max_runs_per_chunk=None)
+CPU_MAX_RUNS = 128  # runs per part on a CPU (max_runs_per_chunk=None)
+# ... and for the MLP fast path on a CPU: the stacked (R, 128, 128) matmuls run near the peak
+# bmm rate while R x 64 KiB blocks stay in cache (benchmarks/further_training.py: 0.76 ms per
+# run-epoch at 64 against 0.80-0.87 at 101)
 MLP_CPU_MAX_RUNS = 64
 
 
@@ -92,14 +92,14 @@ class _Engine:
         self.last_epoch = max(e for e, _ in points) + 1
 
     def query_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-query loss in float64, shape (...): ``models.query_loss`` for the built-in loss,
-        else the custom ``loss_fn`` on the outputs (and floating targets) cast to float64, so the
-        gold standard measures the loss that the model trains on and the methods attribute.
+        """Per-query loss as float64, shape (...): ``models.query_loss`` (computed in float64) for
+        the built-in loss, else the custom ``loss_fn`` in the runs' dtype (it may hold constants
+        of that dtype), so the gold standard measures the loss that the model trains on and the
+        methods attribute.
         """
         if not self.custom_loss:
             return query_loss(output, target, self.task)
-        target = target.double() if target.is_floating_point() else target
-        return self.loss(output.double(), target).double()
+        return self.loss(output, target).double()
 
     def seeds_per_chunk(self) -> int:
         """Seeds trained together (and the natural size of an executor's task)."""
@@ -230,19 +230,13 @@ class _Vectorized(_Engine):
             + acts * min(len(self.q_target), QUERY_CHUNK)
         )
         budget_mb, max_runs = self.cfg.memory_budget_mb, self.cfg.max_runs_per_chunk
-        defaults = {f.name: f.default for f in dataclasses.fields(FurtherTrainingConfig)}
-        if self.device.type == "cuda" and (budget_mb, max_runs) == (
-            defaults["memory_budget_mb"],
-            defaults["max_runs_per_chunk"],
-        ):
-            # the CPU-sized defaults, on a GPU: chunks of thousands of runs in half the free memory
-            budget_mb, max_runs = torch.cuda.mem_get_info(self.device)[0] / 2**21, GPU_MAX_RUNS
-        elif (
-            self.mlp is not None
-            and self.device.type == "cpu"
-            and max_runs == defaults["max_runs_per_chunk"]
-        ):
-            max_runs = MLP_CPU_MAX_RUNS
+        if self.device.type == "cuda":
+            if budget_mb == FurtherTrainingConfig.memory_budget_mb:  # the CPU-sized default
+                budget_mb = torch.cuda.mem_get_info(self.device)[0] / 2**21  # half the free memory
+            if max_runs is None:
+                max_runs = GPU_MAX_RUNS
+        elif max_runs is None:
+            max_runs = MLP_CPU_MAX_RUNS if self.mlp is not None else CPU_MAX_RUNS
         return max(1, min(max_runs, int(budget_mb * 2**20 // per_run)))
 
     def seeds_per_chunk(self) -> int:
@@ -337,11 +331,10 @@ class _Vectorized(_Engine):
                 src = torch.where(is_loo[:, None], k + (k >= pos[:, None]), k).clamp_(max=n - 1)
                 rows = rows.gather(1, src).masked_fill_(is_loo[:, None] & (k == n - 1), -1)
             safe_all = rows.clamp(min=0)  # padding (-1) reads row 0 with weight 0
-            inputs_all = tuple(x[safe_all] for x in self.inputs)  # (R, n, ...): one gather
-            target_all = self.target[safe_all]
             for slot, (start, width, w, active, everyone) in enumerate(slots):
-                inputs = tuple(x[:, start : start + width] for x in inputs_all)
-                target = target_all[:, start : start + width]
+                safe = safe_all[:, start : start + width]  # (R, width): one batch per run
+                inputs = tuple(x[safe] for x in self.inputs)
+                target = self.target[safe]
                 if every_batch:
                     inputs = tuple(
                         torch.cat([xs, x[lo_idx][:, None]], dim=1)

@@ -181,7 +181,7 @@ def further_train(
     ``loss_fn``: None (the built-in per-task loss) or a custom per-sample training loss
     ``(output (..., k), target (...)) -> (...)`` (``models.resolve_loss``; it must work under
     ``vmap`` with leading run dimensions); it enters the cache key (``models.loss_key``). The
-    recorded query losses are then ``loss_fn`` too, on float64 outputs.
+    recorded query losses are then ``loss_fn`` too (in the runs' dtype, stored as float64).
     """
     from .executors import get_executor  # late import: executors imports this module
 

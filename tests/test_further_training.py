@@ -255,6 +255,27 @@ def test_fast_path_chunks_of_equal_size_agree():
         torch.testing.assert_close(parts.loss_full, one.loss_full, rtol=1e-12, atol=1e-14)
 
 
+def test_runs_per_part_automatic_and_explicit():
+    """max_runs_per_chunk=None: 64 for the MLP fast path on a CPU, 128 for other models; an
+    explicit value (even 128) is honoured."""
+    from tda_utils.engines import CPU_MAX_RUNS, MLP_CPU_MAX_RUNS, _Vectorized
+    from tda_utils.further_training import eval_schedule
+
+    splits = make_splits("regression", n_train=17)
+    mlp = tiny_model(splits)
+    tanh = torch.nn.Sequential(
+        torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)
+    ).double()
+    for model, automatic in ((mlp, MLP_CPU_MAX_RUNS), (tanh, CPU_MAX_RUNS)):
+        for max_runs, want in ((None, automatic), (128, 128), (3, 3)):
+            cfg = tu.FurtherTrainingConfig(
+                epochs=1, seeds=[0], left_out=[0], max_runs_per_chunk=max_runs
+            )
+            points = eval_schedule(cfg, splits.n_train)[0]
+            eng = _Vectorized(model, splits, cfg, [0], None, points, device="cpu")
+            assert eng._runs_per_chunk() == want
+
+
 # ---------------------------------------------------------------- the link to Grad-Dot
 def test_one_full_batch_step_is_grad_dot():
     """One full-batch SGD step of size eta: tau_i = (eta / n) g_q . g_i to first order."""

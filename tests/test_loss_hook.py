@@ -131,6 +131,37 @@ def test_custom_loss_further_train_matches_reference_loop(setup, engine):
     assert (default.loss_loo - res.loss_loo).abs().max() > 1e-8
 
 
+_PROJ32 = torch.tensor([[1.5]])  # a float32 constant: the loss works in the runs' dtype only
+
+
+def projected_mse(output, target):
+    """MSE after a fixed float32 projection (a matmul refuses a float64 input)."""
+    return ((output - target) @ _PROJ32).pow(2).mean(-1)
+
+
+def test_custom_loss_with_float32_constants_in_a_float32_run(setup):
+    """The query loss runs in the runs' dtype, so a loss holding float32 constants works."""
+    splits, model = setup
+    model32 = copy.deepcopy(model).float()
+    splits32 = tu.data.Splits(
+        name=splits.name,
+        task=splits.task,
+        train=torch.utils.data.TensorDataset(*(t.float() for t in splits.train.tensors)),
+        test=torch.utils.data.TensorDataset(*(t.float() for t in splits.test.tensors)),
+        meta=splits.meta,
+    )
+    runs = {}
+    for engine in ("sequential", "vectorized"):
+        cfg = _ft_cfg(engine, dtype="float32")
+        runs[engine] = tu.further_train(
+            model32, splits32, cfg, cache_dir=None, progress=False, loss_fn=projected_mse
+        )
+        assert runs[engine].loss_loo.dtype == torch.float64
+    torch.testing.assert_close(
+        runs["vectorized"].loss_loo, runs["sequential"].loss_loo, rtol=1e-4, atol=1e-6
+    )
+
+
 def test_custom_loss_if_explicit_matches_explicit_hessian_solve(setup):
     splits, model = setup
     params = trainable_params(model)
