@@ -282,7 +282,6 @@ class _Vectorized(_Engine):
             k: v.unsqueeze(0).repeat(R, *([1] * v.ndim)).requires_grad_(self.mlp is None)
             for k, v in self.params0.items()
         }
-        opt = StackedOptimizer(cfg, params, R)
         # plain SGD on the MLP fast path: each weight update fused into its gradient's matmul
         fused = (
             self.mlp is not None
@@ -290,6 +289,7 @@ class _Vectorized(_Engine):
             and not cfg.weight_decay
             and cfg.grad_clip is None
         )
+        opt = None if fused else StackedOptimizer(cfg, params, R)
         dev = self.device
         seeds = sorted({s for s, _ in pairs})
         run_seed = torch.tensor([seeds.index(s) for s, _ in pairs], device=dev)
@@ -310,6 +310,9 @@ class _Vectorized(_Engine):
         length = torch.where(is_loo, n - 1, n) if shorter else torch.full((R,), n, device=dev)
         k = torch.arange(n, device=dev)
         eb_w = -is_loo.to(dtype)[:, None] / n
+        if every_batch:  # each run's left-out instance, appended to every batch
+            lo_inputs = tuple(x[lo_idx][:, None] for x in self.inputs)
+            lo_target = self.target[lo_idx][:, None]
         # per slot, the same every epoch: widths, per-run sample weights (R, width), active runs
         slots = []
         for slot in range(self.n_slots):
@@ -336,11 +339,8 @@ class _Vectorized(_Engine):
                 inputs = tuple(x[safe] for x in self.inputs)
                 target = self.target[safe]
                 if every_batch:
-                    inputs = tuple(
-                        torch.cat([xs, x[lo_idx][:, None]], dim=1)
-                        for xs, x in zip(inputs, self.inputs)
-                    )
-                    target = torch.cat([target, self.target[lo_idx][:, None]], dim=1)
+                    inputs = tuple(torch.cat(pair, dim=1) for pair in zip(inputs, lo_inputs))
+                    target = torch.cat([target, lo_target], dim=1)
                 if fused:  # a zero-weight (inactive) run gets a zero update, as masked
                     total = self.mlp.sgd_step(params, inputs[0], target, w, self.task, cfg.lr)
                 else:

@@ -147,9 +147,7 @@ class MLPStack:
 
         The weight gradients live in buffers reused by the next call (consume them first).
         """
-        grads: dict[str, torch.Tensor] = {}
-        self._backward(params, x, target, w, task, grads, lr=None)
-        return grads
+        return self._backward(params, x, target, w, task, lr=None)
 
     @torch.no_grad()
     def sgd_step(self, params, x, target, w, task, lr: float) -> torch.Tensor:
@@ -160,20 +158,16 @@ class MLPStack:
         ``baddbmm_``): no gradient is stored and no extra pass over the weights is made. A run
         whose weights w[r] are all zero is left unchanged (as a masked step).
 
-        Returns (R,): a sum that is non-finite when a run's output, a bias gradient or an updated
-        weight is non-finite (the divergence check: a non-finite weight gradient makes its
-        weights non-finite; so does an update that overflows, one step before the loss shows it).
+        Returns (R,): the sum of each run's updated parameters, non-finite when a gradient was (a
+        non-finite output makes the last bias gradient non-finite) or when an update overflowed
+        (one step before the loss shows it): the divergence check.
         """
-        check: dict[str, torch.Tensor] = {}
-        self._backward(params, x, target, w, task, check, lr=lr)
-        for lay in self.layers:
-            if lay is not None:
-                check[lay[0]] = params[lay[0]]
-        return sum(v.reshape(v.shape[0], -1).sum(1) for v in check.values())
+        self._backward(params, x, target, w, task, lr=lr)
+        return sum(p.reshape(p.shape[0], -1).sum(1) for p in params.values())
 
-    def _backward(self, params, x, target, w, task, sink: dict, lr: float | None) -> None:
-        """Forward and hand-written backward; ``lr=None``: store the gradients in ``sink``;
-        else apply the SGD step and store the bias gradients and output in ``sink``.
+    def _backward(self, params, x, target, w, task, lr: float | None) -> dict[str, torch.Tensor]:
+        """Forward and hand-written backward: ``lr=None`` returns the gradients; else applies
+        the SGD step in place and returns {}.
         """
         acts = self.forward(params, x, reuse=True)
         out = acts[-1]
@@ -183,8 +177,7 @@ class MLPStack:
             dz = torch.softmax(out, dim=-1)
             dz.scatter_add_(-1, target.long().unsqueeze(-1), -torch.ones_like(dz[..., :1]))
         dz = dz * w.unsqueeze(-1)
-        if lr is not None:
-            sink["output"] = out.sum(1)
+        grads: dict[str, torch.Tensor] = {}
         linear = [lay for lay in self.layers if lay is not None]
         for j in range(len(linear) - 1, -1, -1):
             wn, bn = linear[j]
@@ -201,17 +194,19 @@ class MLPStack:
                 g = torch.bmm(a.transpose(1, 2), dz, out=self._buffer(f"g{j}", (R, d_in, d_out), a))
                 g = g.transpose(1, 2)
                 if lr is None:
-                    sink[wn] = g
+                    grads[wn] = g
                 else:
                     weight.add_(g, alpha=-lr)
             elif lr is None:
-                sink[wn] = torch.bmm(
+                grads[wn] = torch.bmm(
                     dz.transpose(1, 2), a, out=self._buffer(f"g{j}", (R, d_out, d_in), a)
                 )
             else:  # the update fused into the gradient's matmul
                 weight.baddbmm_(dz.transpose(1, 2), a, alpha=-lr)
-            sink[bn] = dz.sum(1)
-            if lr is not None:
-                params[bn].add_(sink[bn], alpha=-lr)
+            if lr is None:
+                grads[bn] = dz.sum(1)
+            else:
+                params[bn].add_(dz.sum(1), alpha=-lr)
             if back is not None:
                 dz = torch.ops.aten.threshold_backward.grad_input(back, a, 0, grad_input=back)
+        return grads

@@ -62,6 +62,13 @@ def tiny_model(
     return tu.train_model(model, splits, cfg, cache_dir=None, progress=False)
 
 
+def further_train_uncached(model, splits: Splits, **cfg):
+    """``tu.further_train`` with ``FurtherTrainingConfig(**cfg)``, no cache and no progress bar."""
+    return tu.further_train(
+        model, splits, tu.FurtherTrainingConfig(**cfg), cache_dir=None, progress=False
+    )
+
+
 @pytest.fixture
 def reg_splits() -> Splits:
     return make_splits("regression")

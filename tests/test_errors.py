@@ -7,7 +7,7 @@ import pytest
 import tda_utils as tu
 from tda_utils import reproduce
 
-from .conftest import make_splits, tiny_model
+from .conftest import further_train_uncached, make_splits, tiny_model
 
 
 @pytest.mark.parametrize(
@@ -78,13 +78,7 @@ def test_index_errors_in_further_training_and_methods():
     with pytest.raises(ValueError, match=r"train_indices has duplicated indices \[1\]"):
         tu.attribute("grad_dot", model, splits, train_indices=[1, 1])
     with pytest.raises(ValueError, match=r"eval_steps reaches 99"):
-        tu.further_train(
-            model,
-            splits,
-            tu.FurtherTrainingConfig(epochs=1, seeds=[0], left_out=[0], eval_steps=[99]),
-            cache_dir=None,
-            progress=False,
-        )
+        further_train_uncached(model, splits, epochs=1, seeds=[0], left_out=[0], eval_steps=[99])
 
 
 def test_runner_rejects_unknown_profile_notebook_dataset():

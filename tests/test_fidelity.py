@@ -10,7 +10,7 @@ import torch
 import tda_utils as tu
 from tda_utils.models import per_sample_loss, query_loss
 
-from .conftest import make_splits
+from .conftest import further_train_uncached, make_splits
 
 
 # ---------------------------------------------------------------- float64 query losses
@@ -88,20 +88,8 @@ def test_confident_query_gets_a_nonzero_tau(engine):
 def test_engines_agree_on_confident_query_losses():
     splits, model = _confident_problem()
     kw = dict(lr=0.1, epochs=2, batch_size=5, seeds=[0], left_out=[0, 3], dtype="float32")
-    seq = tu.further_train(
-        model,
-        splits,
-        tu.FurtherTrainingConfig(engine="sequential", **kw),
-        cache_dir=None,
-        progress=False,
-    )
-    vec = tu.further_train(
-        model,
-        splits,
-        tu.FurtherTrainingConfig(engine="vectorized", **kw),
-        cache_dir=None,
-        progress=False,
-    )
+    seq = further_train_uncached(model, splits, engine="sequential", **kw)
+    vec = further_train_uncached(model, splits, engine="vectorized", **kw)
     rel = (vec.loss_loo - seq.loss_loo).abs() / seq.loss_loo.abs()
     assert float(rel.max()) < 1e-4
 

@@ -15,7 +15,7 @@ from tda_utils.further_training import run_orders
 from tda_utils.grads import per_sample_grads
 from tda_utils.training import batch_slices, epoch_orders
 
-from .conftest import make_splits, tiny_model
+from .conftest import further_train_uncached, make_splits, tiny_model
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -147,20 +147,8 @@ def test_vectorized_equals_sequential(task, optimizer, leave_out, n_train):
             dtype=dtype,
             weight_decay=0.01 if optimizer == "adamw" else 0.0,
         )
-        vec = tu.further_train(
-            model,
-            splits,
-            tu.FurtherTrainingConfig(engine="vectorized", **kw),
-            cache_dir=None,
-            progress=False,
-        )
-        seq = tu.further_train(
-            model,
-            splits,
-            tu.FurtherTrainingConfig(engine="sequential", **kw),
-            cache_dir=None,
-            progress=False,
-        )
+        vec = further_train_uncached(model, splits, engine="vectorized", **kw)
+        seq = further_train_uncached(model, splits, engine="sequential", **kw)
         assert rel_err(vec.loss_full, seq.loss_full) <= tol
         assert rel_err(vec.loss_loo, seq.loss_loo) <= tol
 
@@ -181,21 +169,9 @@ def test_vectorized_generic_path_and_chunking_agree():
         dtype="float64",
         grad_clip=0.5,
     )
-    seq = tu.further_train(
-        model,
-        splits,
-        tu.FurtherTrainingConfig(engine="sequential", **kw),
-        cache_dir=None,
-        progress=False,
-    )
+    seq = further_train_uncached(model, splits, engine="sequential", **kw)
     for max_runs in (128, 4, 1):
-        vec = tu.further_train(
-            model,
-            splits,
-            tu.FurtherTrainingConfig(max_runs_per_chunk=max_runs, **kw),
-            cache_dir=None,
-            progress=False,
-        )
+        vec = further_train_uncached(model, splits, max_runs_per_chunk=max_runs, **kw)
         assert rel_err(vec.loss_loo, seq.loss_loo) <= 1e-10
         assert rel_err(vec.loss_full, seq.loss_full) <= 1e-10
 
@@ -240,17 +216,9 @@ def test_fast_path_chunks_of_equal_size_agree():
     splits = make_splits("regression", n_train=17)
     model = tiny_model(splits)
     kw = dict(lr=0.05, epochs=2, batch_size=5, seeds=[0, 1, 2], left_out=[1, 16], dtype="float64")
-    one = tu.further_train(
-        model, splits, tu.FurtherTrainingConfig(**kw), cache_dir=None, progress=False
-    )
+    one = further_train_uncached(model, splits, **kw)
     for max_runs in (4, 2):
-        parts = tu.further_train(
-            model,
-            splits,
-            tu.FurtherTrainingConfig(max_runs_per_chunk=max_runs, **kw),
-            cache_dir=None,
-            progress=False,
-        )
+        parts = further_train_uncached(model, splits, max_runs_per_chunk=max_runs, **kw)
         torch.testing.assert_close(parts.loss_loo, one.loss_loo, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(parts.loss_full, one.loss_full, rtol=1e-12, atol=1e-14)
 
@@ -391,13 +359,7 @@ def test_cache_resumes_and_matches_fresh_run(tmp_path, monkeypatch):
         progress=False,
     )
     assert resumed.from_cache == 3
-    fresh = tu.further_train(
-        model,
-        splits,
-        tu.FurtherTrainingConfig(seeds=[0, 1, 2], **kw),
-        cache_dir=None,
-        progress=False,
-    )
+    fresh = further_train_uncached(model, splits, seeds=[0, 1, 2], **kw)
     assert torch.equal(resumed.loss_loo, fresh.loss_loo) and torch.equal(
         resumed.loss_full, fresh.loss_full
     )
