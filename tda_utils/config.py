@@ -202,7 +202,7 @@ class FurtherTrainingConfig:
     (0 = before any step) when given. ``engine``: ``"vectorized"`` (all runs of a chunk of seeds
     trained together) or ``"sequential"`` (plain reference loop).
     ``memory_budget_mb`` and ``max_runs_per_chunk`` bound the runs the vectorized engine stacks
-    (they do not change the numbers). ``max_runs_per_chunk=None`` (automatic): 64 for the MLP
+    (they do not change the numbers). ``max_runs_per_chunk=None`` (automatic): 34 for the MLP
     fast path on a CPU (its stacked matmuls stay in cache), 128 for other models on a CPU, and
     ``engines.GPU_MAX_RUNS`` on a GPU, where the default ``memory_budget_mb`` becomes half the
     free GPU memory.

@@ -81,7 +81,6 @@ def _seeded_left_out_meta(n_train: int) -> dict[str, Any]:
     }
 
 
-
 def _category_name(value: Any) -> str:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))

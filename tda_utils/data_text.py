@@ -191,7 +191,6 @@ def _subsample(N: int, n: int | None, seed: int, name: str) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(N, int(n), replace=False)).astype(np.int64)
 
 
-
 def _text_splits(
     name: str,
     texts_tr: list[str],

@@ -36,9 +36,17 @@ QUERY_CHUNK = 128  # queries evaluated at once per run by the vectorized engine
 GPU_MAX_RUNS = 16384  # runs per part on a GPU (max_runs_per_chunk=None)
 CPU_MAX_RUNS = 128  # runs per part on a CPU (max_runs_per_chunk=None)
 # ... and for the MLP fast path on a CPU: the stacked (R, 128, 128) matmuls run near the peak
-# bmm rate while R x 64 KiB blocks stay in cache (benchmarks/further_training.py: 0.76 ms per
-# run-epoch at 64 against 0.80-0.87 at 101)
-MLP_CPU_MAX_RUNS = 64
+# bmm rate while their operands stay in cache (2 cores, 2 MiB L2, 32 MiB L3; a copy of the
+# fast path's step, the sizes interleaved in one process, best of 6: 0.62-0.63 ms per run-epoch
+# at R = 26-34 against 0.65-0.67 at 17, 51 and 64), so a seed's 101 runs go in 3 parts of 33-34
+MLP_CPU_MAX_RUNS = 34
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor, runs: int) -> torch.Tensor:
+    """Rows ``index`` (runs * width,) of ``x`` (n, ...) as (runs, width, ...) (index_select:
+    faster than advanced indexing).
+    """
+    return torch.index_select(x, 0, index).view(runs, -1, *x.shape[1:])
 
 
 def run_orders(perm: torch.Tensor, left_out: Sequence[int], mode: str) -> torch.Tensor:
@@ -305,6 +313,17 @@ class _Vectorized(_Engine):
             losses[self.eval_at[(0, 0)]] = self._query_losses(params)
         gens = [epoch_orders(n, s, self.last_epoch) for s in seeds]
         first_bad = torch.zeros(R, dtype=torch.long, device=dev)  # a run's first non-finite step
+        # per step of the epoch, a value per run that is finite iff the step was (read at the
+        # evaluations and the epoch's end: no per-step reduction or host sync)
+        k_out = params[self.mlp.linear[-1][1]].shape[-1] if fused else 1
+        signal = torch.zeros(self.n_slots, R, k_out, dtype=dtype, device=dev)
+
+        def note_bad(epoch: int, steps: int) -> torch.Tensor:
+            """``first_bad`` updated with this epoch's first ``steps`` steps."""
+            bad = ~torch.isfinite(signal[:steps]).all(-1)  # (steps, R)
+            step = epoch * self.n_slots + 1 + bad.to(torch.uint8).argmax(0)
+            return torch.where((first_bad == 0) & bad.any(0), step, first_bad)
+
         every_batch = cfg.leave_out == "every_batch"
         shorter = not every_batch and any(r > 0 for _, r in pairs)  # some runs see n - 1 samples
         length = torch.where(is_loo, n - 1, n) if shorter else torch.full((R,), n, device=dev)
@@ -335,23 +354,24 @@ class _Vectorized(_Engine):
                 rows = rows.gather(1, src).masked_fill_(is_loo[:, None] & (k == n - 1), -1)
             safe_all = rows.clamp(min=0)  # padding (-1) reads row 0 with weight 0
             for slot, (start, width, w, active, everyone) in enumerate(slots):
-                safe = safe_all[:, start : start + width]  # (R, width): one batch per run
-                inputs = tuple(x[safe] for x in self.inputs)
-                target = self.target[safe]
+                safe = safe_all[:, start : start + width].reshape(-1)  # one batch per run
+                inputs = tuple(gather_rows(x, safe, R) for x in self.inputs)
+                target = gather_rows(self.target, safe, R)
                 if every_batch:
                     inputs = tuple(torch.cat(pair, dim=1) for pair in zip(inputs, lo_inputs))
                     target = torch.cat([target, lo_target], dim=1)
                 if fused:  # a zero-weight (inactive) run gets a zero update, as masked
-                    total = self.mlp.sgd_step(params, inputs[0], target, w, self.task, cfg.lr)
+                    self.mlp.sgd_step(params, inputs[0], target, w, self.task, cfg.lr, signal[slot])
                 else:
                     grads = self._grads(params, inputs, target, w)
                     total = sum(g.detach().reshape(R, -1).sum(1) for g in grads.values())
+                    signal[slot, :, 0] = total
                     opt.step(grads, active, everyone=everyone)
-                step = epoch * self.n_slots + slot + 1
-                first_bad = torch.where((first_bad == 0) & ~torch.isfinite(total), step, first_bad)
                 if (epoch, slot + 1) in self.eval_at:
+                    first_bad = note_bad(epoch, slot + 1)
                     self.check_finite(first_bad, pairs)
                     losses[self.eval_at[(epoch, slot + 1)]] = self._query_losses(params)
+            first_bad = note_bad(epoch, self.n_slots)
         self.check_finite(first_bad, pairs)
         return losses
 

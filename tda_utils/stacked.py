@@ -87,16 +87,42 @@ class MLPStack:
     """
 
     def __init__(self, layers: list[tuple[str, str] | None]):
-        self.layers = layers  # per layer: (weight name, bias name) for Linear, None for ReLU
-        self._buffers: dict[tuple, torch.Tensor] = {}  # reused by ``grads`` from step to step
+        # (weight name, bias name) per Linear layer; a ReLU sits between consecutive ones
+        self.linear = [lay for lay in layers if lay is not None]
+        # per input shape, dtype and device: the step's work tensors, reused from step to step
+        # (no allocation, no page faults per step)
+        self._plans: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._views: tuple[tuple, list] = ((), [])  # the last params' (W^T, b[:, None]) views
 
-    def _buffer(self, key: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
-        """A preallocated tensor for ``key`` (no allocation, no page faults per step)."""
-        k = (key, tuple(shape), like.dtype, like.device)
-        buf = self._buffers.get(k)
-        if buf is None:
-            buf = self._buffers[k] = torch.empty(shape, dtype=like.dtype, device=like.device)
-        return buf
+    def _layer_views(self, params) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per Linear layer (W^T (R, d_in, d_out), b (R, 1, d_out)) views of ``params``, made once
+        per set of stacked tensors (they are updated in place; the cached views keep them alive,
+        so their ids stay theirs).
+        """
+        key = tuple(id(params[name]) for lay in self.linear for name in lay)
+        if self._views[0] != key:
+            views = [(params[wn].mT, params[bn].unsqueeze(1)) for wn, bn in self.linear]
+            self._views = (key, views)
+        return self._views[1]
+
+    def _plan(self, params, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Buffers for a step on x (R, B, d_in): ``act{j}`` (output of Linear j), ``back{j}``
+        (the error for Linear j - 1), ``g{j}`` (Linear j's weight gradient).
+        """
+        key = (x.shape, x.dtype, x.device)
+        plan = self._plans.get(key)
+        if plan is None:
+            R, B = x.shape[:2]
+            new = lambda *shape: torch.empty(shape, dtype=x.dtype, device=x.device)  # noqa: E731
+            plan = {}
+            for j, (wn, _) in enumerate(self.linear):
+                d_out, d_in = params[wn].shape[1:]
+                plan[f"act{j}"] = new(R, B, d_out)
+                if j:
+                    plan[f"back{j}"] = new(R, B, d_in)
+                plan[f"g{j}"] = new(R, d_in, d_out) if d_in < d_out else new(R, d_out, d_in)
+            self._plans[key] = plan
+        return plan
 
     @classmethod
     def maybe(cls, model: nn.Module, params: dict[str, torch.Tensor]) -> "MLPStack | None":
@@ -125,20 +151,17 @@ class MLPStack:
             return None  # only Linear, ReLU, Linear, ..., ReLU, Linear
         return cls(layers)
 
-    def forward(self, params, x: torch.Tensor, reuse: bool = False) -> list[torch.Tensor]:
+    def forward(self, params, x: torch.Tensor, plan: dict | None = None) -> list[torch.Tensor]:
         """Inputs of each Linear layer and the output: [x, h1, ..., out]; x (R, B, d_in).
 
-        ``reuse``: write into this object's buffers (valid until the next such call).
+        ``plan``: write into these step buffers (``_plan``; valid until the next step).
         """
         acts = [x]
-        for i, lay in enumerate(self.layers):
-            if lay is None:
-                acts[-1].clamp_(min=0)
-            else:
-                w, b = params[lay[0]], params[lay[1]]
-                h = acts[-1]
-                out = self._buffer(f"act{i}", (*h.shape[:2], w.shape[1]), h) if reuse else None
-                acts.append(torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2), out=out))
+        for j, (w_t, b) in enumerate(self._layer_views(params)):
+            if j:
+                acts[-1].clamp_(min=0)  # the ReLU between Linear layers, in place
+            out = None if plan is None else plan[f"act{j}"]
+            acts.append(torch.baddbmm(b, acts[-1], w_t, out=out))
         return acts
 
     @torch.no_grad()
@@ -150,7 +173,7 @@ class MLPStack:
         return self._backward(params, x, target, w, task, lr=None)
 
     @torch.no_grad()
-    def sgd_step(self, params, x, target, w, task, lr: float) -> torch.Tensor:
+    def sgd_step(self, params, x, target, w, task, lr: float, check: torch.Tensor) -> None:
         """One plain SGD step (no momentum, weight decay or clipping) of every run, in place.
 
         The same arithmetic as ``grads`` followed by ``p -= lr * g``, except that each large
@@ -158,55 +181,66 @@ class MLPStack:
         ``baddbmm_``): no gradient is stored and no extra pass over the weights is made. A run
         whose weights w[r] are all zero is left unchanged (as a masked step).
 
-        Returns (R,): the sum of each run's updated parameters, non-finite when a gradient was (a
-        non-finite output makes the last bias gradient non-finite) or when an update overflowed
-        (one step before the loss shows it): the divergence check.
+        ``check`` (R, k_out) receives a value per run that is non-finite exactly when its training
+        loss on this batch is (the sequential engine's divergence test): for regression the
+        weighted squared errors per output, sum_b w[r, b] (out - y)^2 (an overflowing square
+        counts, as in the loss); for classification the output layer's bias gradient, non-finite
+        iff a logit is (softmax and cross-entropy are stable for finite logits).
         """
-        self._backward(params, x, target, w, task, lr=lr)
-        return sum(p.reshape(p.shape[0], -1).sum(1) for p in params.values())
+        self._backward(params, x, target, w, task, lr=lr, check=check)
 
-    def _backward(self, params, x, target, w, task, lr: float | None) -> dict[str, torch.Tensor]:
+    def _backward(
+        self, params, x, target, w, task, lr: float | None, check: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Forward and hand-written backward: ``lr=None`` returns the gradients; else applies
         the SGD step in place and returns {}.
         """
-        acts = self.forward(params, x, reuse=True)
-        out = acts[-1]
+        plan = self._plan(params, x)
+        acts = self.forward(params, x, plan)
+        out = acts[-1]  # this object's buffer: the error is formed in place
+        scale = 1.0  # the loss's constant factor, folded into the step size when stepping
         if task == "regression":
-            dz = (2.0 / out.shape[-1]) * (out - target)
+            dz = out.sub_(target)
+            scale = 2.0 / out.shape[-1]  # d/d out of the mean over outputs of (out - y)^2
+            if check is not None:
+                torch.bmm(w.unsqueeze(1), dz.square(), out=check.unsqueeze(1))
         else:
             dz = torch.softmax(out, dim=-1)
             dz.scatter_add_(-1, target.long().unsqueeze(-1), -torch.ones_like(dz[..., :1]))
-        dz = dz * w.unsqueeze(-1)
+        dz.mul_(w.unsqueeze(-1))
+        if check is not None and task != "regression":
+            torch.sum(dz, 1, out=check)  # the output layer's bias gradient
+        if lr is None:
+            if scale != 1.0:
+                dz.mul_(scale)
+        else:
+            step = -lr * scale  # 2 / k is a power of two for k = 1, 2: the same bits as scaling dz
         grads: dict[str, torch.Tensor] = {}
-        linear = [lay for lay in self.layers if lay is not None]
-        for j in range(len(linear) - 1, -1, -1):
-            wn, bn = linear[j]
+        for j in range(len(self.linear) - 1, -1, -1):
+            wn, bn = self.linear[j]
             a, weight = acts[j], params[wn]
-            R, d_out, d_in = weight.shape
+            d_out, d_in = weight.shape[1:]
             back = None
             if j > 0:  # the error for layer j - 1, from the weights before this step's update
-                back = self._buffer(f"back{j}", a.shape, a)
+                back = plan[f"back{j}"]
                 if d_out == 1:  # an outer product, not a K=1 matmul
                     torch.mul(dz, weight, out=back)
                 else:
                     torch.bmm(dz, weight, out=back)
             if d_in < d_out:  # MKL is faster making the (in, out) product
-                g = torch.bmm(a.transpose(1, 2), dz, out=self._buffer(f"g{j}", (R, d_in, d_out), a))
-                g = g.transpose(1, 2)
+                g = torch.bmm(a.mT, dz, out=plan[f"g{j}"]).mT
                 if lr is None:
                     grads[wn] = g
                 else:
-                    weight.add_(g, alpha=-lr)
+                    weight.add_(g, alpha=step)
             elif lr is None:
-                grads[wn] = torch.bmm(
-                    dz.transpose(1, 2), a, out=self._buffer(f"g{j}", (R, d_out, d_in), a)
-                )
+                grads[wn] = torch.bmm(dz.mT, a, out=plan[f"g{j}"])
             else:  # the update fused into the gradient's matmul
-                weight.baddbmm_(dz.transpose(1, 2), a, alpha=-lr)
+                weight.baddbmm_(dz.mT, a, alpha=step)
             if lr is None:
                 grads[bn] = dz.sum(1)
             else:
-                params[bn].add_(dz.sum(1), alpha=-lr)
+                params[bn].add_(dz.sum(1), alpha=step)
             if back is not None:
                 dz = torch.ops.aten.threshold_backward.grad_input(back, a, 0, grad_input=back)
         return grads

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import RandomSampler
 from tqdm.auto import tqdm
 
 from .cache import Cache, default_results_dir, model_fingerprint
@@ -46,9 +45,12 @@ def divergence_message(run: str, epoch: int, step: int, lr: float) -> str:
 def epoch_orders(n: int, seed: int, epochs: int) -> Iterator[torch.Tensor]:
     """Yield ``epochs`` permutations of range(n) (int64) from a RandomSampler seeded by seed."""
     g = torch.Generator().manual_seed(int(seed))
-    sampler = RandomSampler(range(n), generator=g)
     for _ in range(epochs):
-        yield torch.tensor(list(iter(sampler)), dtype=torch.long)
+        # a full pass of RandomSampler (no replacement, n samples) is randperm(n) followed by
+        # randperm(n)[:0] (drawn and dropped): the same stream without the Python list
+        perm = torch.randperm(n, generator=g)
+        torch.randperm(n, generator=g)
+        yield perm
 
 
 def batch_slices(n: int, batch_size: int) -> list[slice]:

@@ -24,6 +24,11 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------- batch order
 def test_epoch_orders_follow_random_sampler_stream():
+    for big_n, big_seed in ((927, 0), (5000, 12)):  # the Concrete size, and a larger one
+        g = torch.Generator().manual_seed(big_seed)
+        sampler = RandomSampler(range(big_n), generator=g)
+        want = [list(iter(sampler)) for _ in range(3)]
+        assert [p.tolist() for p in epoch_orders(big_n, big_seed, 3)] == want
     n, seed = 11, 3
     g = torch.Generator().manual_seed(seed)
     sampler = RandomSampler(range(n), generator=g)
@@ -195,20 +200,27 @@ def test_fused_sgd_step_equals_gradients_then_optimizer(task):
     fused, ref = stacked(), stacked()
     mlp = MLPStack.maybe(model, fused)
     assert mlp is not None
-    check = mlp.sgd_step(fused, x[idx], y[idx], w, splits.task, lr=0.3)
+    k_out = splits.n_outputs
+    check = torch.full((R, k_out), float("nan"), dtype=torch.float64)
+    mlp.sgd_step(fused, x[idx], y[idx], w, splits.task, lr=0.3, check=check)
     cfg = tu.FurtherTrainingConfig(lr=0.3, seeds=[0], left_out=[0])
-    StackedOptimizer(cfg, ref, R).step(mlp.grads(ref, x[idx], y[idx], w, splits.task), w.sum(1) > 0)
+    grads = mlp.grads(ref, x[idx], y[idx], w, splits.task)
+    # the check: the weighted training loss (regression) or the output layer's bias gradient
+    out = model(x[idx])
+    want = (
+        (w[..., None] * (out - y[idx]) ** 2).sum(1)
+        if task == "regression"
+        else grads[mlp.linear[-1][1]]
+    )
+    torch.testing.assert_close(check, want, rtol=1e-13, atol=1e-15)
+    StackedOptimizer(cfg, ref, R).step(grads, w.sum(1) > 0)
     for k in base:
         torch.testing.assert_close(fused[k], ref[k], rtol=1e-13, atol=1e-15)
         assert torch.equal(fused[k][2], base[k])  # the sitting-out run is unchanged
-    assert check.shape == (R,) and torch.isfinite(check).all()
-    fused["0.weight"][1, 0, 0] = float("inf")  # a non-finite weight shows in the check
-    assert torch.isfinite(mlp.sgd_step(fused, x[idx], y[idx], w, splits.task, 0.3)).tolist() == [
-        True,
-        False,
-        True,
-        True,
-    ]
+    assert torch.equal(check[2], torch.zeros(k_out, dtype=torch.float64))
+    fused["0.weight"][1, 0, 0] = float("nan")  # a run whose outputs are NaN shows in the check
+    mlp.sgd_step(fused, x[idx], y[idx], w, splits.task, 0.3, check)
+    assert torch.isfinite(check).all(1).tolist() == [True, False, True, True]
 
 
 def test_fast_path_chunks_of_equal_size_agree():
@@ -224,7 +236,7 @@ def test_fast_path_chunks_of_equal_size_agree():
 
 
 def test_runs_per_part_automatic_and_explicit():
-    """max_runs_per_chunk=None: 64 for the MLP fast path on a CPU, 128 for other models; an
+    """max_runs_per_chunk=None: 34 for the MLP fast path on a CPU, 128 for other models; an
     explicit value (even 128) is honoured."""
     from tda_utils.engines import CPU_MAX_RUNS, MLP_CPU_MAX_RUNS, _Vectorized
     from tda_utils.further_training import eval_schedule
