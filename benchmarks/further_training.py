@@ -20,9 +20,12 @@ machine shared with other jobs, both slow down together). Also: the implied time
 101 runs x 300 epochs and of the paper's Concrete gold standard (100 seeds x 101 runs x 500
 epochs). Targets (issue 15): on 2 CPU cores, the vectorized engine at >= 75% of the bmm rate
 (10 x 101 x 300 in <= 3.5 min); on a GPU, large chunks (``--runs-per-chunk`` in the
-thousands). ``--clock cpu`` times with the process's CPU time instead of the wall clock (CPU
-only; for a machine shared with other jobs, where wall times measure the waiting; use it with
-``--threads 1``).
+thousands). On a CPU it also profiles one step of the MLP fast path (``torch.profiler``): the
+time in its large matmuls and in everything else, per run and step, and the fraction of the
+peak the engine would reach if the large matmuls ran at the peak rate and the rest took what
+it takes (the most the stock operations allow). ``--clock cpu`` times with the process's CPU
+time instead of the wall clock (CPU only; for a machine shared with other jobs, where wall times
+measure the waiting; use it with ``--threads 1``).
 """
 
 from __future__ import annotations
@@ -71,6 +74,50 @@ def bmm_flops(dev: torch.device, runs: int, repeats: int = 20) -> float:
         sync(dev)
         best = min(best, CLOCK() - start)
     return 2 * runs * 128**3 * repeats / best
+
+
+LARGE_MATMULS = ("aten::bmm", "aten::baddbmm", "aten::baddbmm_")
+
+
+def step_breakdown(final, runs: int, steps: int = 100) -> tuple[float, float, float]:
+    """Where one step of the MLP fast path (``MLPStack.sgd_step``, CPU) spends its time:
+    (large-matmul microseconds, other microseconds, large-matmul FLOPs), each per run and step of
+    128 samples, from ``torch.profiler``'s self CPU times over ``steps`` steps of ``runs``
+    stacked runs. A large matmul is a bmm/baddbmm whose operands are all at least 128 x 128.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from tda_utils.stacked import MLPStack
+
+    params = {
+        k: v.detach().unsqueeze(0).repeat(runs, *[1] * v.dim()).contiguous()
+        for k, v in final.named_parameters()
+    }
+    stack = MLPStack.maybe(final, params)
+    if stack is None:
+        raise ValueError("the benchmark's model is not on the MLP fast path")
+    d_in = params[stack.linear[0][0]].shape[-1]
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(runs, 128, d_in, generator=g), torch.randn(runs, 128, 1, generator=g)
+    w, check = torch.full((runs, 128), 1 / 128), torch.empty(runs, 1)
+    for _ in range(20):
+        stack.sgd_step(params, x, y, w, "regression", 1e-6, check)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            stack.sgd_step(params, x, y, w, "regression", 1e-6, check)
+    large = other = flops = 0.0
+    for ev in prof.key_averages(group_by_input_shape=True):
+        shapes = [s for s in ev.input_shapes if len(s) == 3]
+        # bmm(a, b[, out]); baddbmm(c, a, b[, out]) and c.baddbmm_(a, b): the operands a and b
+        operands = shapes[:2] if ev.key == "aten::bmm" else shapes[1:3]
+        big = len(operands) == 2 and all(min(s[1:]) >= 128 for s in operands)
+        if ev.key in LARGE_MATMULS and big:
+            large += ev.self_cpu_time_total
+            (_, m, k), (_, _, n) = operands
+            flops += 2 * m * k * n * ev.count  # per run, over all steps
+        else:
+            other += ev.self_cpu_time_total
+    return large / (runs * steps), other / (runs * steps), flops / steps
 
 
 def plain_loop(final, splits, runs: int, epochs: int, lr: float, dev: torch.device) -> float:
@@ -220,6 +267,16 @@ def main() -> None:
         + f" (rates {', '.join(f'{r / 1e9:.0f}' for r in alongside)} GFLOP/s)"
     )
     print(f"vectorized / plain loop speed-up: {plain_ms / vec_ms:.1f}x")
+    if dev.type == "cpu":
+        large_us, other_us, large_flops = step_breakdown(final, chunk)
+        bound_us = 6 * d * 128 / peak * 1e6
+        print(
+            f"one fast-path step at R = {chunk} (torch.profiler, per run and step of 128 "
+            f"samples): large matmuls {large_us:.1f} us ({large_flops / large_us / 1e3:.0f} "
+            f"GFLOP/s), other operations {other_us:.1f} us; FLOP-bound {bound_us:.1f} us: with "
+            f"the large matmuls at the peak rate and the rest as measured, the engine would "
+            f"reach {100 * bound_us / (large_flops / peak * 1e6 + other_us):.0f}% of the peak"
+        )
     for label, runs, epochs in (
         ("10 seeds x 101 runs x 300 epochs", 1010, 300),
         ("paper Concrete gold standard, 100 seeds x 101 runs x 500 epochs", 10100, 500),

@@ -1,22 +1,48 @@
 """Where computations run: one resolver for every ``device=`` argument.
 
-Public: ``resolve_device``, ``DEVICE_CHOICES``, ``to_cpu``.
+Public: ``resolve_device``, ``DEVICE_CHOICES``, ``to_cpu``, ``PORTABLE_CPU_MATH``,
+``cpu_math_settings``.
 
 Every public entry point that computes (``train_model``, ``further_train``, ``attribute``,
 ``evaluate``) takes ``device="auto"``: CUDA when ``torch.cuda.is_available()``, else the CPU. An
 explicit ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (or a ``torch.device``) is honoured, and a device
 that is not available here raises a ValueError naming ``device`` and the allowed values. Models
 given to these functions are left where they were; results and caches are stored on the CPU.
+
+CPU math kernels: MKL, oneDNN and PyTorch's own vectorized kernels pick the widest vector
+instructions a CPU has, and a different kernel rounds differently. A final model trained for a
+long time at a large learning rate (Concrete: 1000 epochs at lr 0.3) amplifies that rounding into
+a different model, so the same code gives different numbers on, say, an AVX2 and an AVX-512
+CPU. ``PORTABLE_CPU_MATH`` (environment variables read when a process starts its math
+libraries) pins all three to their AVX2 kernels; the runner sets them for its notebook kernels
+(``python -m tda_utils.reproduce``; ``--native-math`` leaves them unset), and
+``cpu_math_settings`` names the ones in force, which every cache key includes.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+
+# MKL's conditional numerical reproducibility branch, oneDNN's and ATen's instruction-set caps
+PORTABLE_CPU_MATH = {
+    "MKL_CBWR": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+}
+
+
+def cpu_math_settings(environ: dict[str, str] | None = None) -> str:
+    """The ``PORTABLE_CPU_MATH`` variables set in ``environ`` (default ``os.environ``), as
+    ``"NAME=value,..."`` in sorted order; ``""`` when none is set (each library's own choice).
+    """
+    env = os.environ if environ is None else environ
+    return ",".join(f"{k}={env[k]}" for k in sorted(PORTABLE_CPU_MATH) if env.get(k))
 
 
 def _allowed() -> str:

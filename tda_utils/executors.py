@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .devices import resolve_device
+from .devices import PORTABLE_CPU_MATH, resolve_device
 
 EXECUTORS = ("local", "ray")
 
@@ -95,11 +95,16 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         address = self.address or os.environ.get("RAY_ADDRESS")
+        # workers compute with this process's pinned CPU math kernels (devices.PORTABLE_CPU_MATH)
+        math_env = {k: os.environ[k] for k in PORTABLE_CPU_MATH if os.environ.get(k)}
         if address:  # ship this tda_utils to the cluster's workers (they need its dependencies)
             ray.init(
                 address=address,
                 log_to_driver=False,
-                runtime_env={"py_modules": [str(Path(__file__).resolve().parent)]},
+                runtime_env={
+                    "py_modules": [str(Path(__file__).resolve().parent)],
+                    "env_vars": math_env,
+                },
             )
             atexit.register(ray.shutdown)
             return True
@@ -113,7 +118,7 @@ class RayExecutor:
                     num_cpus=self.num_cpus or os.cpu_count(),
                     include_dashboard=False,
                     log_to_driver=False,
-                    runtime_env={"env_vars": {"PYTHONPATH": path}},
+                    runtime_env={"env_vars": {"PYTHONPATH": path, **math_env}},
                 )
                 break
             except (

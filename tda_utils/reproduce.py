@@ -18,6 +18,11 @@ that is not a parameter of any selected notebook, as papermill inspects them) or
 Each report is written to a temporary file and replaces the previous report only when the run
 succeeds; a failed or interrupted run's report is kept beside it as ``<name>.failed.ipynb``.
 Ctrl-C stops after the current run, prints the summary so far and exits with status 130.
+
+CPU math: unless ``--native-math`` is given, the runner pins MKL, oneDNN and PyTorch's CPU
+kernels to their AVX2 versions (``devices.PORTABLE_CPU_MATH``, set for the notebook kernels
+unless already set), so that a CPU with wider vector instructions gives the same numbers; the
+summary names the kernels in force.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .cache import repo_path, repo_root
+from .devices import PORTABLE_CPU_MATH, cpu_math_settings
 from .gallery import build_gallery
 
 RESERVED = ("dataset", "profile", "figures_dir")  # set by the runner for every run
@@ -356,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     parser.add_argument(
+        "--native-math",
+        action="store_true",
+        help="let MKL, oneDNN and PyTorch use this CPU's widest vector kernels (faster on some "
+        "CPUs; the numbers then depend on the CPU); default: their AVX2 kernels everywhere",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="print each run's further-training runs, steps and estimated time here, and exit",
@@ -364,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if not args.native_math:  # the notebook kernels inherit these (a value set by the user wins)
+        for name, value in PORTABLE_CPU_MATH.items():
+            os.environ.setdefault(name, value)
     try:
         manifest = load_manifest(args.manifest)
         runs = plan(manifest, args.profile, args.only, parse_overrides(args.overrides))
@@ -394,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     print(format_summary(rows))
+    print(f"CPU math kernels: {cpu_math_settings() or 'native (this CPU)'}")
     print(f"gallery (open in a browser): {build_gallery(args.profile, rows)}")
     if any(r["status"] == "stopped" for r in rows):
         return 130
