@@ -1,7 +1,7 @@
 """Where computations run: one resolver for every ``device=`` argument.
 
 Public: ``resolve_device``, ``DEVICE_CHOICES``, ``to_cpu``, ``PORTABLE_CPU_MATH``,
-``cpu_math_settings``.
+``portable_cpu_math``, ``cpu_math_settings``.
 
 Every public entry point that computes (``train_model``, ``further_train``, ``attribute``,
 ``evaluate``) takes ``device="auto"``: CUDA when ``torch.cuda.is_available()``, else the CPU. An
@@ -14,9 +14,10 @@ instructions a CPU has, and a different kernel rounds differently. A final model
 long time at a large learning rate (Concrete: 1000 epochs at lr 0.3) amplifies that rounding into
 a different model, so the same code gives different numbers on, say, an AVX2 and an AVX-512
 CPU. ``PORTABLE_CPU_MATH`` (environment variables read when a process starts its math
-libraries) pins all three to their AVX2 kernels; the runner sets them for its notebook kernels
-(``python -m tda_utils.reproduce``; ``--native-math`` leaves them unset), and
-``cpu_math_settings`` names the ones in force, which every cache key includes.
+libraries) pins all three to their AVX2 kernels. On a CPU with AVX2 (``portable_cpu_math``)
+the runner (``python -m tda_utils.reproduce``) sets them for its notebook kernels, unless given
+``--native-math``; ``cpu_math_settings`` names the ones in force, which every cache key
+includes.
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ PORTABLE_CPU_MATH = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "ATEN_CPU_CAPABILITY": "avx2",
 }
+
+
+def portable_cpu_math() -> dict[str, str]:
+    """``PORTABLE_CPU_MATH`` on an x86 CPU with AVX2; ``{}`` elsewhere (on an ARM CPU, say, the
+    values are invalid: ATen would warn and the libraries keep their own kernels).
+    """
+    try:
+        avx2 = bool(torch.cpu._is_avx2_supported())
+    except (AttributeError, RuntimeError):  # a PyTorch without the query
+        avx2 = False
+    return dict(PORTABLE_CPU_MATH) if avx2 else {}
 
 
 def cpu_math_settings(environ: dict[str, str] | None = None) -> str:

@@ -20,9 +20,9 @@ succeeds; a failed or interrupted run's report is kept beside it as ``<name>.fai
 Ctrl-C stops after the current run, prints the summary so far and exits with status 130.
 
 CPU math: unless ``--native-math`` is given, the runner pins MKL, oneDNN and PyTorch's CPU
-kernels to their AVX2 versions (``devices.PORTABLE_CPU_MATH``, set for the notebook kernels
-unless already set), so that a CPU with wider vector instructions gives the same numbers; the
-summary names the kernels in force.
+kernels to their AVX2 versions on a CPU that has AVX2 (``devices.portable_cpu_math``, set for
+the notebook kernels unless already set), so that a CPU with wider vector instructions gives
+the same numbers; the summary names the kernels in force.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .cache import repo_path, repo_root
-from .devices import PORTABLE_CPU_MATH, cpu_math_settings
+from .devices import cpu_math_settings, portable_cpu_math
 from .gallery import build_gallery
 
 RESERVED = ("dataset", "profile", "figures_dir")  # set by the runner for every run
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if not args.native_math:  # the notebook kernels inherit these (a value set by the user wins)
-        for name, value in PORTABLE_CPU_MATH.items():
+        for name, value in portable_cpu_math().items():  # {} on a CPU without AVX2
             os.environ.setdefault(name, value)
     try:
         manifest = load_manifest(args.manifest)

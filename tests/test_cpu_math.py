@@ -14,7 +14,7 @@ import torch
 
 import tda_utils as tu
 from tda_utils import reproduce
-from tda_utils.devices import PORTABLE_CPU_MATH, cpu_math_settings
+from tda_utils.devices import PORTABLE_CPU_MATH, cpu_math_settings, portable_cpu_math
 
 from .conftest import make_splits, tiny_model
 
@@ -34,6 +34,10 @@ def test_settings_string():
     )
 
 
+avx2 = pytest.mark.skipif(not portable_cpu_math(), reason="needs an x86 CPU with AVX2")
+
+
+@avx2
 def test_runner_pins_math_unless_native_or_set_by_the_user(no_pinned_math, capsys):
     assert reproduce.main(["--profile", "smoke", "--list"]) == 0
     assert {k: os.environ.get(k) for k in PORTABLE_CPU_MATH} == PORTABLE_CPU_MATH
@@ -44,6 +48,13 @@ def test_runner_pins_math_unless_native_or_set_by_the_user(no_pinned_math, capsy
     no_pinned_math.setenv("MKL_CBWR", "AVX512")  # the user's own choice wins
     assert reproduce.main(["--profile", "smoke", "--list"]) == 0
     assert os.environ["MKL_CBWR"] == "AVX512" and os.environ["ATEN_CPU_CAPABILITY"] == "avx2"
+
+
+def test_runner_pins_nothing_on_a_cpu_without_avx2(no_pinned_math, capsys):
+    no_pinned_math.setattr(torch.cpu, "_is_avx2_supported", lambda: False)
+    assert portable_cpu_math() == {}
+    assert reproduce.main(["--profile", "smoke", "--list"]) == 0
+    assert not any(k in os.environ for k in PORTABLE_CPU_MATH)
 
 
 def test_pinned_math_is_part_of_the_cache_key(tmp_path, no_pinned_math):
@@ -99,11 +110,10 @@ def test_ray_workers_get_the_pinned_math(monkeypatch):
     assert "PYTHONPATH" in local and cluster.keys() == PORTABLE_CPU_MATH.keys()
 
 
+@avx2
 def test_the_variables_switch_the_kernels():
     """In a fresh process with PORTABLE_CPU_MATH set, ATen reports AVX2 and MKL's verbose log
     reports its AVX2 reproducibility branch (a misspelt variable would be silently ignored)."""
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        pytest.skip("needs an x86 CPU with AVX2")
     code = (
         "import torch; a = torch.randn(64, 64); torch.mm(a, a); "
         "print('capability', torch.backends.cpu.get_cpu_capability())"
