@@ -84,6 +84,8 @@ def step_breakdown(final, runs: int, steps: int = 100) -> tuple[float, float, fl
     (large-matmul microseconds, other microseconds, large-matmul FLOPs), each per run and step of
     128 samples, from ``torch.profiler``'s self CPU times over ``steps`` steps of ``runs``
     stacked runs. A large matmul is a bmm/baddbmm whose operands are all at least 128 x 128.
+    "Other" includes the profiler's own overhead per operation but not the Python time between
+    operations, so a fraction of the peak computed from it is an upper bound.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -107,10 +109,10 @@ def step_breakdown(final, runs: int, steps: int = 100) -> tuple[float, float, fl
             stack.sgd_step(params, x, y, w, "regression", 1e-6, check)
     large = other = flops = 0.0
     for ev in prof.key_averages(group_by_input_shape=True):
-        shapes = [s for s in ev.input_shapes if len(s) == 3]
-        # bmm(a, b[, out]); baddbmm(c, a, b[, out]) and c.baddbmm_(a, b): the operands a and b
-        operands = shapes[:2] if ev.key == "aten::bmm" else shapes[1:3]
-        big = len(operands) == 2 and all(min(s[1:]) >= 128 for s in operands)
+        # bmm(a, b[, out]); baddbmm(c, a, b, beta, alpha[, out]) and c.baddbmm_(a, b, ...): the
+        # operands a and b, by position (c may be broadcast, of any number of dimensions)
+        operands = ev.input_shapes[:2] if ev.key == "aten::bmm" else ev.input_shapes[1:3]
+        big = len(operands) == 2 and all(len(s) == 3 and min(s[1:]) >= 128 for s in operands)
         if ev.key in LARGE_MATMULS and big:
             large += ev.self_cpu_time_total
             (_, m, k), (_, _, n) = operands

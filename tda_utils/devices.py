@@ -1,6 +1,6 @@
 """Where computations run: one resolver for every ``device=`` argument.
 
-Public: ``resolve_device``, ``DEVICE_CHOICES``, ``to_cpu``, ``PORTABLE_CPU_MATH``,
+Public: ``resolve_device``, ``DEVICE_CHOICES``, ``to_cpu``, ``PORTABLE_CPU_MATH``, ``AT_START``,
 ``portable_cpu_math``, ``cpu_math_settings``.
 
 Every public entry point that computes (``train_model``, ``further_train``, ``attribute``,
@@ -16,8 +16,10 @@ a different model, so the same code gives different numbers on, say, an AVX2 and
 CPU. ``PORTABLE_CPU_MATH`` (environment variables read when a process starts its math
 libraries) pins all three to their AVX2 kernels. On a CPU with AVX2 (``portable_cpu_math``)
 the runner (``python -m tda_utils.reproduce``) sets them for its notebook kernels, unless given
-``--native-math``; ``cpu_math_settings`` names the ones in force, which every cache key
-includes.
+``--native-math``; ``cpu_math_settings`` names the ones this process started with (the ones
+its kernels use), which every cache key includes. MKL's reproducible branches are for Intel
+CPUs, and a parallel reduction may split differently with another number of threads: the same
+numbers need an Intel CPU with AVX2 or newer, the same thread count and the same PyTorch build.
 """
 
 from __future__ import annotations
@@ -49,11 +51,18 @@ def portable_cpu_math() -> dict[str, str]:
     return dict(PORTABLE_CPU_MATH) if avx2 else {}
 
 
-def cpu_math_settings(environ: dict[str, str] | None = None) -> str:
-    """The ``PORTABLE_CPU_MATH`` variables set in ``environ`` (default ``os.environ``), as
-    ``"NAME=value,..."`` in sorted order; ``""`` when none is set (each library's own choice).
+# The variables as this process started: the libraries read them at their first operation,
+# which comes after this import, so these are the kernels this process computes with (a value
+# set in os.environ later reaches only child processes).
+AT_START = {k: os.environ.get(k) for k in PORTABLE_CPU_MATH}
+
+
+def cpu_math_settings(environ: dict[str, str | None] | None = None) -> str:
+    """The ``PORTABLE_CPU_MATH`` variables set in ``environ`` (default ``AT_START``, this
+    process's), as ``"NAME=value,..."`` in sorted order; ``""`` when none is set (each library's
+    own choice).
     """
-    env = os.environ if environ is None else environ
+    env = AT_START if environ is None else environ
     return ",".join(f"{k}={env[k]}" for k in sorted(PORTABLE_CPU_MATH) if env.get(k))
 
 

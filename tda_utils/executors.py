@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .devices import PORTABLE_CPU_MATH, resolve_device
+from .devices import AT_START, resolve_device
 
 EXECUTORS = ("local", "ray")
 
@@ -95,8 +95,10 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         address = self.address or os.environ.get("RAY_ADDRESS")
-        # workers compute with this process's pinned CPU math kernels (devices.PORTABLE_CPU_MATH)
-        math_env = {k: os.environ[k] for k in PORTABLE_CPU_MATH if os.environ.get(k)}
+        # workers started here compute with this process's CPU math kernels (the pinned ones,
+        # devices.AT_START); a Ray already running keeps its workers' settings, and a cluster's
+        # workers keep what their nodes set for variables this process leaves unset
+        math_env = {k: v for k, v in AT_START.items() if v}
         if address:  # ship this tda_utils to the cluster's workers (they need its dependencies)
             ray.init(
                 address=address,

@@ -376,9 +376,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if not args.native_math:  # the notebook kernels inherit these (a value set by the user wins)
-        for name, value in portable_cpu_math().items():  # {} on a CPU without AVX2
-            os.environ.setdefault(name, value)
     try:
         manifest = load_manifest(args.manifest)
         runs = plan(manifest, args.profile, args.only, parse_overrides(args.overrides))
@@ -394,6 +391,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return dry_run(runs)
     skip = bool(manifest["profiles"][args.profile].get("skip_missing_data", False))
+    # the notebook kernels start with these (a value set by the user wins; {} without AVX2);
+    # this process's own variables are restored afterwards
+    pinned = {} if args.native_math else portable_cpu_math()
+    saved = {name: os.environ.get(name) for name in pinned}
+    for name, value in pinned.items():
+        os.environ.setdefault(name, value)
+    kernels_math = cpu_math_settings(dict(os.environ))
     try:
         rows = run(
             runs,
@@ -408,8 +412,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     print(format_summary(rows))
-    print(f"CPU math kernels: {cpu_math_settings() or 'native (this CPU)'}")
+    print(f"CPU math kernels: {kernels_math or 'native (this CPU)'}")
     print(f"gallery (open in a browser): {build_gallery(args.profile, rows)}")
     if any(r["status"] == "stopped" for r in rows):
         return 130

@@ -16,23 +16,6 @@ import tda_utils as tu  # noqa: E402
 from tda_utils.data import Splits  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _restore_cpu_math_env():
-    """The runner's ``main`` pins the CPU math variables in ``os.environ`` (for its notebook
-    kernels); undo that after each test, so no later test (its cache keys, the Ray workers it
-    starts) sees settings this process does not compute with.
-    """
-    from tda_utils.devices import PORTABLE_CPU_MATH
-
-    before = {k: os.environ.get(k) for k in PORTABLE_CPU_MATH}
-    yield
-    for name, value in before.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
 def make_splits(
     task: str = "regression",
     n_train: int = 23,
