@@ -89,12 +89,9 @@ def step_breakdown(final, runs: int, steps: int = 100) -> tuple[float, float, fl
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from tda_utils.stacked import MLPStack
+    from tda_utils.stacked import MLPStack, stack_runs
 
-    params = {
-        k: v.detach().unsqueeze(0).repeat(runs, *[1] * v.dim()).contiguous()
-        for k, v in final.named_parameters()
-    }
+    params = stack_runs(dict(final.named_parameters()), runs)
     stack = MLPStack.maybe(final, params)
     if stack is None:
         raise ValueError("the benchmark's model is not on the MLP fast path")

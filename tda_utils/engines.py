@@ -22,7 +22,7 @@ from .data import Splits
 from .devices import resolve_device
 from .grads import activation_numel, dataset_tensors, frozen_state, trainable_params
 from .models import query_loss, resolve_loss
-from .stacked import MLPStack, StackedOptimizer
+from .stacked import MLPStack, StackedOptimizer, stack_runs
 from .training import (
     DivergenceError,
     batch_slices,
@@ -286,10 +286,9 @@ class _Vectorized(_Engine):
         """
         cfg, n, B = self.cfg, self.n, self.cfg.batch_size
         R = len(pairs)
-        params = {
-            k: v.unsqueeze(0).repeat(R, *([1] * v.ndim)).requires_grad_(self.mlp is None)
-            for k, v in self.params0.items()
-        }
+        params = stack_runs(self.params0, R)
+        for p in params.values():
+            p.requires_grad_(self.mlp is None)
         # plain SGD on the MLP fast path: each weight update fused into its gradient's matmul
         fused = (
             self.mlp is not None

@@ -1,9 +1,10 @@
 """Stacked-run arithmetic of the vectorized further-training engine (``further_training``).
 
-``StackedOptimizer``: SGD / Adam / AdamW on parameters stacked over runs (R, ...) with a per-run
-mask; ``MLPStack``: a fast forward/backward path for ``nn.Sequential`` MLPs of Linear and ReLU,
-with ``sgd_step`` for plain SGD (each weight update fused into its gradient's matmul). All match
-``torch.optim`` / autograd (tests/test_further_training.py).
+``stack_runs``: R copies of a parameter dict, stacked (R, ...); ``StackedOptimizer``: SGD /
+Adam / AdamW on parameters stacked over runs (R, ...) with a per-run mask; ``MLPStack``: a fast
+forward/backward path for ``nn.Sequential`` MLPs of Linear and ReLU, with ``sgd_step`` for plain
+SGD (each weight update fused into its gradient's matmul). All match ``torch.optim`` / autograd
+(tests/test_further_training.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ import torch
 from torch import nn
 
 from .config import FurtherTrainingConfig
+
+
+def stack_runs(params: dict[str, torch.Tensor], runs: int) -> dict[str, torch.Tensor]:
+    """``runs`` copies of each tensor of ``params``, stacked: name -> (runs, *shape), contiguous
+    and detached from ``params``' autograd graph.
+    """
+    return {k: v.detach().unsqueeze(0).repeat(runs, *([1] * v.ndim)) for k, v in params.items()}
 
 
 class StackedOptimizer:

@@ -1,7 +1,7 @@
 """Portable CPU math: the runner starts its notebook kernels with MKL, oneDNN and ATen pinned to
 their AVX2 kernels (so a CPU with wider vector instructions gives the same numbers), the
-settings a process started with are part of every cache key, Ray workers get them, and the
-variable names really switch the libraries' kernels."""
+settings a process started with are part of every cache key (Ray workers get them:
+tests/test_ray.py), and the variable names really switch the libraries' kernels."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import tda_utils as tu
-from tda_utils import devices, executors, reproduce
+from tda_utils import devices, reproduce
 from tda_utils.devices import PORTABLE_CPU_MATH, cpu_math_settings, portable_cpu_math
 
 from .conftest import make_splits, tiny_model
@@ -97,34 +97,6 @@ def test_start_settings_are_part_of_the_cache_key(tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     assert tu.further_train(model, splits, cfg, cache_dir=tmp_path, progress=False).from_cache == 1
     assert len(list((tmp_path / "further_training").iterdir())) == 2
-
-
-def test_ray_workers_get_the_start_settings(monkeypatch):
-    calls = []
-
-    class FakeRay:
-        @staticmethod
-        def is_initialized():
-            return False
-
-        @staticmethod
-        def init(**kw):
-            calls.append(kw)
-
-        @staticmethod
-        def shutdown():
-            pass
-
-    monkeypatch.setitem(sys.modules, "ray", FakeRay)
-    monkeypatch.setattr(executors.atexit, "register", lambda f: None)
-    monkeypatch.setattr(executors, "AT_START", {**PORTABLE_CPU_MATH, "MKL_CBWR": None})
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert executors.RayExecutor(num_cpus=2)._connect()
-    assert executors.RayExecutor(address="ray://head:10001")._connect()
-    local, cluster = (c["runtime_env"]["env_vars"] for c in calls)
-    want = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    assert {k: v for k, v in local.items() if k != "PYTHONPATH"} == want and cluster == want
-    assert "PYTHONPATH" in local
 
 
 @avx2

@@ -185,7 +185,7 @@ def test_vectorized_generic_path_and_chunking_agree():
 def test_fused_sgd_step_equals_gradients_then_optimizer(task):
     """MLPStack.sgd_step (updates fused into the matmuls) = grads + StackedOptimizer SGD, with
     one run sitting out (all-zero sample weights) and left unchanged."""
-    from tda_utils.stacked import MLPStack, StackedOptimizer
+    from tda_utils.stacked import MLPStack, StackedOptimizer, stack_runs
 
     splits = make_splits(task, n_train=17)
     torch.manual_seed(0)
@@ -196,8 +196,7 @@ def test_fused_sgd_step_equals_gradients_then_optimizer(task):
     idx = torch.stack([torch.randperm(17)[:B] for _ in range(R)])
     w = torch.full((R, B), 1.0 / B, dtype=torch.float64)
     w[2] = 0.0  # run 2 sits this step out
-    stacked = lambda: {k: v.unsqueeze(0).repeat(R, *([1] * v.ndim)) for k, v in base.items()}  # noqa: E731
-    fused, ref = stacked(), stacked()
+    fused, ref = stack_runs(base, R), stack_runs(base, R)
     mlp = MLPStack.maybe(model, fused)
     assert mlp is not None
     k_out = splits.n_outputs
