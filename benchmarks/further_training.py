@@ -39,10 +39,10 @@ import torch
 
 import tda_utils as tu
 from tda_utils.devices import resolve_device
-from tda_utils.engines import GPU_MAX_RUNS, MLP_CPU_MAX_RUNS
-from tda_utils.grads import n_params
-from tda_utils.models import per_sample_loss
-from tda_utils.training import batch_slices, epoch_orders
+from tda_utils.gold.engines import GPU_MAX_RUNS, MLP_CPU_MAX_RUNS
+from tda_utils.linalg.grads import n_params
+from tda_utils.models.registry import per_sample_loss
+from tda_utils.final.training import batch_slices, epoch_orders
 
 
 CLOCK = time.perf_counter  # or time.process_time (--clock cpu)
@@ -89,7 +89,7 @@ def step_breakdown(final, runs: int, steps: int = 100) -> tuple[float, float, fl
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from tda_utils.stacked import MLPStack, stack_runs
+    from tda_utils.gold.stacked import MLPStack, stack_runs
 
     params = stack_runs(dict(final.named_parameters()), runs)
     stack = MLPStack.maybe(final, params)

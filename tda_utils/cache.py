@@ -47,6 +47,9 @@ from .devices import cpu_math_settings
 # 3 = query losses in float64 (models.query_loss); 4 = plain SGD's weight update fused into its
 # matmul (float32 rounding), and a custom loss_fn is also the recorded query loss.
 SCHEMA_VERSION = 4
+#: {name: builder} of the registered models (``models.MODELS`` is this dict), whose
+#: default options ``_normalise`` fills in; the cache imports nothing above the core
+MODEL_BUILDERS: dict[str, Callable[..., Any]] = {}
 
 
 class CacheWarning(UserWarning):
@@ -136,9 +139,7 @@ def _normalise(obj: Any) -> Any:
     if isinstance(obj, dict):
         out = {k: _normalise(v) for k, v in obj.items()}
         if isinstance(out.get("name"), str) and isinstance(out.get("options"), dict):
-            from .models import MODELS
-
-            fn = MODELS.get(out["name"])
+            fn = MODEL_BUILDERS.get(out["name"])
             if fn is not None:
                 params = list(inspect.signature(fn).parameters.values())[1:]  # after `splits`
                 defaults = {

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import tda_utils as tu  # noqa: E402
-from tda_utils.data import Splits  # noqa: E402
+from tda_utils.data.registry import Splits  # noqa: E402
 
 
 def make_splits(

@@ -1,4 +1,4 @@
-"""Tabular loaders (tda_utils.data_tabular): fixtures written to tmp_path, the offline
+"""Tabular loaders (tda_utils.data.tabular): fixtures written to tmp_path, the offline
 package-backed datasets, and the real UCI Energy file from ../shared/data when it is present."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 import torch
 from sklearn.model_selection import train_test_split
 
-import tda_utils.data_tabular as dt
-from tda_utils.data import load_dataset
+import tda_utils.data.tabular as dt
+from tda_utils.data.registry import load_dataset
 
 SHARED_DATA = Path(
     os.environ.get("FIMO_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"

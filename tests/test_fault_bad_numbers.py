@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 import tda_utils as tu
-from tda_utils.data import Splits, regression_splits
-from tda_utils.training import DivergenceError
+from tda_utils.data.registry import Splits, regression_splits
+from tda_utils.final.training import DivergenceError
 
 from .conftest import make_splits, tiny_model
 

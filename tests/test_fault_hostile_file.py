@@ -12,7 +12,7 @@ import torch
 
 import tda_utils as tu
 from tda_utils import cache as cache_mod
-from tda_utils import data_image
+from tda_utils.data import image as data_image
 
 from .conftest import make_splits, tiny_model
 

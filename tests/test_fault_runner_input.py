@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tda_utils import reproduce
+from tda_utils.run import reproduce
 
 
 def _main(capsys, *argv):

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tda_utils import data_image
-from tda_utils.data import load_dataset
+from tda_utils.data import image as data_image
+from tda_utils.data.registry import load_dataset
 
 SHARED_DATA = Path(
     os.environ.get("FIMO_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"

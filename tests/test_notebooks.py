@@ -13,7 +13,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from tda_utils import reproduce
+from tda_utils.run import reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -22,6 +22,9 @@ Adding a method: write a module with a frozen options dataclass (subclass ``Base
 ``DampedOptions``) and a function ``fn(model, splits, train_indices, query_indices, options)``
 returning ``(values, diagnostics)``, then add one ``MethodSpec`` to the table below (its
 position is its place in the paper's order, figures and tables).
+
+May import: the core, ``data/``, ``models/``, ``linalg/`` and ``final/``. Must not import
+``gold/`` (a method sees only the final model and its training data), ``analysis/`` or above.
 """
 
 from __future__ import annotations

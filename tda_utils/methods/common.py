@@ -25,9 +25,21 @@ import torch
 from torch import nn
 
 from ..config import check_choice, check_positive
-from ..data import Splits
-from ..grads import activation_numel, dataset_tensors, iter_per_sample_grads, trainable_params
-from ..hessian import HESSIANS, JacobianGNH, Spectrum, grad_stats, math_sdpa, sqrt_gnh_jacobian
+from ..data.registry import Splits
+from ..linalg.grads import (
+    activation_numel,
+    dataset_tensors,
+    iter_per_sample_grads,
+    trainable_params,
+)
+from ..linalg.hessian import (
+    HESSIANS,
+    JacobianGNH,
+    Spectrum,
+    grad_stats,
+    math_sdpa,
+    sqrt_gnh_jacobian,
+)
 
 DTYPES = ("float32", "float64")
 HVP_MODES = ("auto", "jacobian", "autodiff")

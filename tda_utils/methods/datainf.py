@@ -9,7 +9,7 @@ import dataclasses
 
 import torch
 
-from ..grads import param_offsets
+from ..linalg.grads import param_offsets
 from .common import BaseOptions, check_int, check_number, inverse_scores, prepare
 
 #: d-vectors per query that DataInf keeps (v, its per-tensor copies, the accumulators)

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import torch
 
-from .. import ekfac as kfac
-from ..grads import activation_numel
+from ..linalg import kfac as kfac
+from ..linalg.grads import activation_numel
 from .common import DampedOptions, prepare, resolve_damping
 
 #: memory model of one sample while fitting: float64 copies of the d parameters and of its

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..config import check_choice
-from ..hessian import (
+from ..linalg.hessian import (
     batch_hvp,
     dataset_hvp,
     explicit_hessian,
@@ -27,7 +27,7 @@ from ..hessian import (
     gnh_spectrum,
     math_sdpa,
 )
-from ..solvers import LissaDiverged, batched_cg, lissa as lissa_solve, lissa_gnh_subspace
+from ..linalg.solvers import LissaDiverged, batched_cg, lissa as lissa_solve, lissa_gnh_subspace
 from .common import (
     EIGH_MAX_PARAMS,
     HVP_MODES,

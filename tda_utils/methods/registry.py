@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from ..config import check_choice, check_indices
-from ..data import Splits
+from ..data.registry import Splits
 from ..devices import resolve_device, to_cpu
-from ..models import resolve_loss
+from ..models.registry import resolve_loss
 from .common import custom_loss
 
 #: first_order: gradient similarities; influence: (approximate) inverse-Hessian influence;

@@ -14,8 +14,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ..config import check_choice
-from ..grads import frozen_state, trainable_params
-from ..hessian import math_sdpa
+from ..linalg.grads import frozen_state, trainable_params
+from ..linalg.hessian import math_sdpa
 from .common import DampedOptions, check_int, prepare, resolve_damping
 
 #: "auto" projection: entries of a dense projection above which a count sketch is used

@@ -11,7 +11,14 @@ from typing import Any
 import torch
 
 from ..config import check_choice
-from ..hessian import dataset_hvp, explicit_hessian, full_spectrum, gnh_spectrum, lanczos, math_sdpa
+from ..linalg.hessian import (
+    dataset_hvp,
+    explicit_hessian,
+    full_spectrum,
+    gnh_spectrum,
+    lanczos,
+    math_sdpa,
+)
 from .common import (
     EIGH_MAX_PARAMS,
     JACOBIAN_COPIES_PER_OUTPUT,

@@ -1,0 +1,16 @@
+"""Analysis: how well attribution scores agree with the gold standard, and the results record.
+
+Modules: ``metrics`` (cosine / Spearman agreement over time and over seeds, sorted scores),
+``pipeline`` (what a notebook sequences: load and select, run methods, panels, tables,
+``collect_results``), ``records`` (``RunResults``, the plain-data record 05 reads), ``findings``
+(the paper's panels and the "reproduced?" verdicts).
+
+May import: the core, ``data/``, ``models/``, ``gold/`` (its result type) and ``methods/``. Must
+not import ``figures/`` or ``run/``.
+"""
+
+from . import findings, metrics, pipeline, records  # noqa: F401
+from .metrics import Curve, SeedCurve, agreement
+from .records import RunResults, load_results
+
+__all__ = ["Curve", "RunResults", "SeedCurve", "agreement", "load_results"]

@@ -1,0 +1,12 @@
+"""Running the suite: the papermill runner, its cost estimates and the HTML gallery.
+
+Modules: ``reproduce`` (``python -m tda_utils.reproduce``: the profiles of ``reproduce.yaml``),
+``costing`` (``--dry-run``), ``gallery`` (``python -m tda_utils.gallery``: reports and
+``index.html``). These execute notebooks, which import the rest of the package in their kernels.
+
+May import: every folder. Nothing imports ``run/`` except the two entry points at the top.
+"""
+
+from . import costing, gallery, reproduce  # noqa: F401
+
+__all__ = ["costing", "gallery", "reproduce"]
