@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from tda_utils.data import registry as data
-from tda_utils.data import tabular as data_tabular
+from tda_utils.data import tabular_files
 from tda_utils.data import text as data_text
 from tda_utils.data.registry import Splits, load_dataset
 
@@ -124,7 +124,7 @@ def test_folktables_with_the_papers_split_size_uses_the_papers_set(tmp_path):
     )
     d = tmp_path / "2018" / "1-Year"
     d.mkdir(parents=True)
-    df.to_csv(d / data_tabular.ACS_STATE_FILE, index=False)
+    df.to_csv(d / tabular_files.ACS_STATE_FILE, index=False)
     s = load_dataset("folktables", root_dir=tmp_path)
     assert (s.n_train, s.n_test) == (30085, 10029)
     assert (

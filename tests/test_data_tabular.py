@@ -15,6 +15,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 import tda_utils.data.tabular as dt
+import tda_utils.data.tabular_files as dtf
 from tda_utils.data.registry import load_dataset
 
 SHARED_DATA = Path(
@@ -289,7 +290,7 @@ def test_folktables_fixture(acs_root):
     assert names[:2] == ["AGEP", "WKHP"]
     x = s.train.tensors[0]
     assert_standardised(x[:, :2])
-    categorical = [c for c in dt.ACS_FEATURES if c not in dt.ACS_NUMERIC]
+    categorical = [c for c in dtf.ACS_FEATURES if c not in dtf.ACS_NUMERIC]
     n_onehot = sum(kept.iloc[tr_idx][c].nunique() for c in categorical)
     assert s.n_features == 2 + n_onehot == len(names)
     for col in ("COW", "SCHL", "OCCP", "RAC1P"):  # each one-hot block: exactly one 1 per row

@@ -12,7 +12,7 @@ import torch
 
 import tda_utils as tu
 from tda_utils import cache as cache_mod
-from tda_utils.data import image as data_image
+from tda_utils.data import image_cifar
 
 from .conftest import make_splits, tiny_model
 
@@ -75,7 +75,7 @@ def test_hostile_cifar_batch_is_refused(tmp_path):
     with pytest.raises(
         ValueError, match=rf"cannot read {folder / 'data_batch_1'}.*refused to load global"
     ):
-        data_image.read_cifar_batches(folder, ["data_batch_1"])
+        image_cifar.read_cifar_batches(folder, ["data_batch_1"])
     assert not marker.exists()
     # a genuine batch (numpy arrays, bytes keys, as the CIFAR files hold) still reads
     with open(folder / "data_batch_2", "wb") as f:
@@ -84,5 +84,5 @@ def test_hostile_cifar_batch_is_refused(tmp_path):
             f,
             protocol=2,
         )
-    x, y = data_image.read_cifar_batches(folder, ["data_batch_2"])
+    x, y = image_cifar.read_cifar_batches(folder, ["data_batch_2"])
     assert x.shape == (2, 3, 32, 32) and y.tolist() == [3, 5]
