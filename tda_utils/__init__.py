@@ -21,7 +21,7 @@ from .analysis import findings, metrics, pipeline, records  # noqa: F401
 from .config import FurtherTrainingConfig, TrainConfig
 from .data import DATASETS, Splits, load_dataset
 from .figures import paper, plotting  # noqa: F401
-from .final import evaluate, train_model, training, your_model  # noqa: F401
+from .final import evaluate, final_model, train_model, training, your_model  # noqa: F401
 from .gold import FurtherTrainingResult, further_train
 from .linalg import grads, hessian, solvers  # noqa: F401
 from .methods import METHODS, AttributionScores, attribute
@@ -62,6 +62,7 @@ __all__ = [
     "attribute",
     "build_model",
     "evaluate",
+    "final_model",
     "further_train",
     "load_dataset",
     "train_model",

@@ -25,7 +25,9 @@ numbers need an Intel CPU with AVX2 or newer, the same thread count and the same
 from __future__ import annotations
 
 import os
+import platform
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -118,3 +120,14 @@ def to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_cpu(v) for v in obj)
     return obj
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

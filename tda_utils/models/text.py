@@ -464,6 +464,7 @@ def precompute_trunk(
     head.train(model.training)
     meta = {
         **splits.meta,
+        "data_fingerprint": key,  # token ids and trunk weights: exact, unlike the hidden states
         "trunk": {
             "layers_cached": depth,
             "hidden_shape_train": list(tr_h.shape),

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import default_results_dir, repo_root
+from ..devices import cpu_name
 
 #: packages whose versions each run records
 PACKAGES = (
@@ -64,16 +65,6 @@ def _git(root: Path, *args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def provenance(root: Path | None = None) -> dict[str, Any]:
     """What a run ran with: package versions, Python, git commit (``+dirty`` when tracked files
     differ from it), device (CUDA device name, else the CPU model), torch threads, CPU count,
@@ -94,7 +85,7 @@ def provenance(root: Path | None = None) -> dict[str, Any]:
     if torch.cuda.is_available():
         device = f"cuda: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
     else:
-        device = f"cpu: {_cpu_name()}"
+        device = f"cpu: {cpu_name()}"
     return {
         "python": platform.python_version(),
         "versions": versions,
