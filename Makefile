@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 # fewer progress-bar messages from notebook kernels (nbval waits at most 5 s for a cell's output)
 export TQDM_MININTERVAL := 2
 
-.PHONY: setup reproduce test lint clean gallery slides
+.PHONY: setup reproduce readme test lint clean gallery slides
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ $(STAMP): pyproject.toml
 # ends by building reports/$(PROFILE)/index.html (HTML reports, figures, tables) and printing its path
 reproduce: $(STAMP)
 	$(PY) -m tda_utils.reproduce --profile $(PROFILE)
+
+# maintainers: make reproduce, and let 05 rewrite README.md's results section and figure
+readme: $(STAMP)
+	$(PY) -m tda_utils.reproduce --profile cpu --update-readme
 
 # rebuild reports/$(PROFILE)/index.html from what is there, without running anything
 gallery: $(STAMP)

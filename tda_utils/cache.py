@@ -16,8 +16,7 @@ configuration the key was made from) and one or more ``*.pt`` items.
 * **Corruption.** An item or ``config.json`` that cannot be read (truncated, empty, garbage, or
   rejected by the caller's ``check``) gives a ``CacheWarning`` naming the path, is moved aside to
   ``<name>.corrupt`` and counts as missing, so it is recomputed; the other items are kept.
-* **Staleness.** The directory key is the caller's key hashed with ``SCHEMA_VERSION`` (and the
-  pinned CPU math kernels, ``devices.cpu_math_settings``, when any are pinned); a stored
+* **Staleness.** The directory key is the caller's key hashed with ``SCHEMA_VERSION``; a stored
   config that differs from the requested one after normalising defaults raises (a hash collision
   or a hand-edited cache).
 """
@@ -38,7 +37,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .devices import cpu_math_settings
 
 # Bump SCHEMA_VERSION whenever an engine, a method or a training routine changes the numbers it
 # caches (a bug fix, a new default, another arithmetic order): every cache key includes it, so old
@@ -179,13 +177,11 @@ class Cache:
 
     def __init__(self, root: Path | str | None, kind: str, key: str, config: dict) -> None:
         self.enabled = root is not None
-        # the CPU math kernels in force (devices.cpu_math_settings): another kernel, other bits
-        math = cpu_math_settings()
-        stamp = {"schema_version": SCHEMA_VERSION, **({"cpu_math": math} if math else {})}
+        stamp = {"schema_version": SCHEMA_VERSION}
         self.config = _normalise(
             json.loads(json.dumps({**config, **stamp}, sort_keys=True, default=str))
         )
-        tag = f"{key}|schema {SCHEMA_VERSION}" + (f"|cpu math {math}" if math else "")
+        tag = f"{key}|schema {SCHEMA_VERSION}"
         full_key = hashlib.sha256(tag.encode()).hexdigest()[:16]
         self.dir = Path(root) / kind / full_key if root is not None else None
         if self.enabled:

@@ -1,7 +1,6 @@
 """Where computations run: one resolver for every ``device=`` argument.
 
-Public: ``resolve_device``, ``DEVICE_CHOICES``, ``to_cpu``, ``PORTABLE_CPU_MATH``, ``AT_START``,
-``portable_cpu_math``, ``cpu_math_settings``.
+Public: ``resolve_device``, ``DEVICE_CHOICES``, ``to_cpu``, ``cpu_name``.
 
 Every public entry point that computes (``train_model``, ``further_train``, ``attribute``,
 ``evaluate``) takes ``device="auto"``: CUDA when ``torch.cuda.is_available()``, else the CPU. An
@@ -9,17 +8,11 @@ explicit ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (or a ``torch.device``) is honour
 that is not available here raises a ValueError naming ``device`` and the allowed values. Models
 given to these functions are left where they were; results and caches are stored on the CPU.
 
-CPU math kernels: MKL, oneDNN and PyTorch's own vectorized kernels pick the widest vector
-instructions a CPU has, and a different kernel rounds differently. A final model trained for a
-long time at a large learning rate (Concrete: 1000 epochs at lr 0.3) amplifies that rounding into
-a different model, so the same code gives different numbers on, say, an AVX2 and an AVX-512
-CPU. ``PORTABLE_CPU_MATH`` (environment variables read when a process starts its math
-libraries) pins all three to their AVX2 kernels. On a CPU with AVX2 (``portable_cpu_math``)
-the runner (``python -m tda_utils.reproduce``) sets them for its notebook kernels, unless given
-``--native-math``; ``cpu_math_settings`` names the ones this process started with (the ones
-its kernels use), which every cache key includes. MKL's reproducible branches are for Intel
-CPUs, and a parallel reduction may split differently with another number of threads: the same
-numbers need an Intel CPU with AVX2 or newer, the same thread count and the same PyTorch build.
+Numbers across machines: the CPU's math kernels (MKL, oneDNN, PyTorch's vectorized kernels)
+round differently with its vector width, and a final model trained for long at a large learning
+rate (Concrete: 1000 epochs at lr 0.3) amplifies that into a different model. The suite therefore
+ships its final models (``final/shipped.py``); from the same final model, further training and
+the methods agree across CPUs and GPUs far inside the README's +-0.01.
 """
 
 from __future__ import annotations
@@ -33,40 +26,6 @@ from typing import Any
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
-
-# MKL's conditional numerical reproducibility branch, oneDNN's and ATen's instruction-set caps
-PORTABLE_CPU_MATH = {
-    "MKL_CBWR": "AVX2",
-    "ONEDNN_MAX_CPU_ISA": "AVX2",
-    "ATEN_CPU_CAPABILITY": "avx2",
-}
-
-
-def portable_cpu_math() -> dict[str, str]:
-    """``PORTABLE_CPU_MATH`` on an x86 CPU with AVX2; ``{}`` elsewhere (on an ARM CPU, say, the
-    values are invalid: ATen would warn and the libraries keep their own kernels).
-    """
-    try:
-        avx2 = bool(torch.cpu._is_avx2_supported())
-    except (AttributeError, RuntimeError):  # a PyTorch without the query
-        avx2 = False
-    return dict(PORTABLE_CPU_MATH) if avx2 else {}
-
-
-# The variables as this process started: the libraries read them at their first operation,
-# which comes after this import, so these are the kernels this process computes with (a value
-# set in os.environ later reaches only child processes).
-AT_START = {k: os.environ.get(k) for k in PORTABLE_CPU_MATH}
-
-
-def cpu_math_settings(environ: dict[str, str | None] | None = None) -> str:
-    """The ``PORTABLE_CPU_MATH`` variables set in ``environ`` (default ``AT_START``, this
-    process's), as ``"NAME=value,..."`` in sorted order; ``""`` when none is set (each library's
-    own choice).
-    """
-    env = AT_START if environ is None else environ
-    return ",".join(f"{k}={env[k]}" for k in sorted(PORTABLE_CPU_MATH) if env.get(k))
-
 
 def _allowed() -> str:
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -81,7 +81,7 @@ def cls_splits() -> Splits:
 
 # --- make test leaves tracked files alone -----------------------------------------------------
 # Notebook 05 rewrites README.md and docs/results_fig2_cpu.png only when the runner asks
-# (`update_readme: true` in the cpu profile, i.e. `make reproduce`). This check snapshots the
+# (`--update-readme`, i.e. `make readme`). This check snapshots the
 # working tree's tracked changes when the session starts and fails the session (exit status 1,
 # naming the files) if any test or nbval notebook run changed a tracked file.
 _REPO = __import__("pathlib").Path(__file__).resolve().parent.parent

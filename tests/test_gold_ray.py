@@ -135,25 +135,6 @@ def test_ray_address_is_used_and_only_a_ray_started_here_is_shut_down(monkeypatc
     assert kwargs["num_cpus"] == 3 and "address" not in kwargs
 
 
-def test_ray_workers_get_the_start_cpu_math_settings(monkeypatch):
-    """Workers compute with the CPU math kernels this process started with (devices.AT_START):
-    the set ones go to the local Ray's and the cluster's runtime_env."""
-    from tda_utils.devices import PORTABLE_CPU_MATH
-
-    fake = _FakeRay()
-    monkeypatch.setitem(sys.modules, "ray", fake)
-    monkeypatch.setattr(executors.atexit, "register", lambda f: None)
-    monkeypatch.setattr(executors, "AT_START", {**PORTABLE_CPU_MATH, "MKL_CBWR": None})
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert executors.RayExecutor(num_cpus=2)._connect()
-    fake.up = False
-    assert executors.RayExecutor(address="ray://head:10001")._connect()
-    local, cluster = (kw["runtime_env"]["env_vars"] for _, kw in fake.calls)
-    want = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    assert {k: v for k, v in local.items() if k != "PYTHONPATH"} == want and cluster == want
-    assert "PYTHONPATH" in local
-
-
 def test_executor_and_task_device_validation(monkeypatch):
     with pytest.raises(ValueError, match="executor='dask'.*'local', 'ray'"):
         executors.get_executor("dask")

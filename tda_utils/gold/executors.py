@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..devices import AT_START, resolve_device
+from ..devices import resolve_device
 
 EXECUTORS = ("local", "ray")
 
@@ -95,18 +95,11 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         address = self.address or os.environ.get("RAY_ADDRESS")
-        # workers started here compute with this process's CPU math kernels (the pinned ones,
-        # devices.AT_START); a Ray already running keeps its workers' settings, and a cluster's
-        # workers keep what their nodes set for variables this process leaves unset
-        math_env = {k: v for k, v in AT_START.items() if v}
         if address:  # ship this tda_utils to the cluster's workers (they need its dependencies)
             ray.init(
                 address=address,
                 log_to_driver=False,
-                runtime_env={
-                    "py_modules": [str(Path(__file__).resolve().parents[1])],  # tda_utils/
-                    "env_vars": math_env,
-                },
+                runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]},
             )
             atexit.register(ray.shutdown)
             return True
@@ -120,7 +113,7 @@ class RayExecutor:
                     num_cpus=self.num_cpus or os.cpu_count(),
                     include_dashboard=False,
                     log_to_driver=False,
-                    runtime_env={"env_vars": {"PYTHONPATH": path, **math_env}},
+                    runtime_env={"env_vars": {"PYTHONPATH": path}},
                 )
                 break
             except (

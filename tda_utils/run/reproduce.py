@@ -19,10 +19,8 @@ Each report is written to a temporary file and replaces the previous report only
 succeeds; a failed or interrupted run's report is kept beside it as ``<name>.failed.ipynb``.
 Ctrl-C stops after the current run, prints the summary so far and exits with status 130.
 
-CPU math: unless ``--native-math`` is given, the runner pins MKL, oneDNN and PyTorch's CPU
-kernels to their AVX2 versions on a CPU that has AVX2 (``devices.portable_cpu_math``, set for
-the notebook kernels unless already set), so that a CPU with wider vector instructions gives
-the same numbers; the summary names the kernels in force.
+README.md: only ``--update-readme`` (maintainers; ``make readme``) lets notebook 05 rewrite the
+README's results section and figure; a user's ``make reproduce`` leaves README.md as it is.
 """
 
 from __future__ import annotations
@@ -39,7 +37,6 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..cache import repo_path, repo_root
-from ..devices import cpu_math_settings, portable_cpu_math
 from .gallery import build_gallery
 
 RESERVED = ("dataset", "profile", "figures_dir")  # set by the runner for every run
@@ -362,10 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     parser.add_argument(
-        "--native-math",
+        "--update-readme",
         action="store_true",
-        help="let MKL, oneDNN and PyTorch use this CPU's widest vector kernels (faster on some "
-        "CPUs; the numbers then depend on the CPU); default: their AVX2 kernels everywhere",
+        help="maintainers: let 05_paper_figures rewrite README.md's results section and figure",
     )
     parser.add_argument(
         "--dry-run",
@@ -391,13 +387,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return dry_run(runs)
     skip = bool(manifest["profiles"][args.profile].get("skip_missing_data", False))
-    # the notebook kernels start with these (a value set by the user wins; {} without AVX2);
-    # this process's own variables are restored afterwards
-    pinned = {} if args.native_math else portable_cpu_math()
-    saved = {name: os.environ.get(name) for name in pinned}
-    for name, value in pinned.items():
-        os.environ.setdefault(name, value)
-    kernels_math = cpu_math_settings(dict(os.environ))
+    if args.update_readme:
+        runs = [
+            dataclasses.replace(r, parameters={**r.parameters, "update_readme": True})
+            if r.notebook == "05_paper_figures"
+            else r
+            for r in runs
+        ]
     try:
         rows = run(
             runs,
@@ -412,14 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     print(format_summary(rows))
-    print(f"CPU math kernels: {kernels_math or 'native (this CPU)'}")
     print(f"gallery (open in a browser): {build_gallery(args.profile, rows)}")
     if any(r["status"] == "stopped" for r in rows):
         return 130
