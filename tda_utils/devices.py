@@ -17,7 +17,6 @@ the methods agree across CPUs and GPUs far inside the README's +-0.01.
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 from pathlib import Path
