@@ -17,7 +17,7 @@ import sys
 
 # noqa: F401 below: the folders and the modules the notebooks use as ``tu.<module>``
 from . import analysis, cache, data, figures, final, gold, linalg, methods, models  # noqa: F401
-from .analysis import findings, metrics, pipeline, records  # noqa: F401
+from .analysis import findings, metrics, pipeline, records, tables  # noqa: F401
 from .config import FurtherTrainingConfig, TrainConfig
 from .data import DATASETS, Splits, load_dataset
 from .figures import paper, plotting  # noqa: F401

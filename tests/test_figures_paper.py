@@ -50,6 +50,9 @@ def test_agreement_figure_files_curves_labels(small_run, tmp_path):
     torch.testing.assert_close(
         torch.as_tensor(ax.get_lines()[0].get_ydata()), curves["grad_dot"].mean
     )
+    fig.canvas.draw()  # the legend sits below the plot, off the curves
+    assert not fig.legends[0].get_window_extent().overlaps(ax.get_window_extent())
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Grad-Dot", "Grad-Cos"]
     fig6, _ = paper.agreement_figure("fig6", gold, scores, "tiny", tmp_path, metric="spearman")
     assert fig6.axes[0].get_ylabel() == "Spearman correlation"
     fig5, c5 = paper.agreement_figure("fig5", gold, scores, "tiny", tmp_path, subtract_mean=False)

@@ -4,7 +4,8 @@ Public: ``output_paths``, ``load_data``, ``paper_step_schedule``, ``select_left_
 ``select_queries``, ``data_table``, ``run_methods``, ``cost_table``, ``gold_steps``,
 ``method_values``, ``applicable``, ``agreement_curves``, ``agreement_panel``, ``seed_panel``,
 ``sorted_panel``, ``reference_score``, ``summary_table``, ``top_instances``, ``text_table``,
-``RunResults``, ``collect_results``, ``load_results`` (the record: ``records.py``).
+``RunResults``, ``collect_results``, ``load_results`` (the record: ``records.py``),
+``readable_scores`` (a table's score columns, scaled and legible: ``tables.py``).
 
 A notebook run ends with one ``collect_results`` call: the ``RunResults`` record of every
 per-dataset panel (agreement curves over time, seed curves, sorted scores), stored as plain data
@@ -34,6 +35,7 @@ from ..methods import METHODS, AttributionScores, attribute, method_order, metho
 from ..methods.registry import method_label
 from .metrics import Curve, SeedCurve, agreement, nan_argmax, seed_group_agreement, sorted_scores
 from .records import AGREEMENT_FIGURES, SEED_FIGURES, RunResults, load_results  # noqa: F401 (public here)
+from .tables import readable_scores  # noqa: F401 (public here)
 
 #: the number of seeds averaged in the seed figures (clipped to the seeds available)
 SEED_KS = (1, 2, 5, 10, 20, 50, 100)

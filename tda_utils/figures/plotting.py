@@ -1,10 +1,14 @@
 """Paper-style figures.
 
-Public: ``set_style``, ``plot_agreement``, ``save_figure``, ``time_label``, ...
+Public: ``set_style``, ``plot_agreement``, ``plot_seed_curves``, ``plot_sorted_scores``,
+``plot_scatter``, ``plot_trajectories``, ``plot_image_table``, ``legend_below``, ``save_figure``,
+``time_label``.
 
 One style for every figure: each method's label, colour and line style and the paper's method
 order come from the method registry (``methods.method_style``, ``methods.method_order``);
-seaborn theme; curves are means over test instances with +-SEM bands.
+seaborn theme; curves are means over test instances with +-SEM bands. A single-panel figure
+keeps its legend below the axes, off the curves (``legend_below``); on an ``ax`` given by a
+multi-panel composition the legend is left to the caller.
 """
 
 from __future__ import annotations
@@ -27,10 +31,16 @@ def set_style() -> None:
     sns.set_theme(context="notebook", style="whitegrid", font_scale=1.1)
 
 
-def _finish(fig, ax, title: str | None, legend: bool):
-    """Title, legend and tight layout; returns the figure."""
+def _finish(fig, ax, title: str | None, legend: bool, own: bool):
+    """Title, legend and layout; returns the figure. On a figure of its own (``own``) the
+    legend goes below the axes (``legend_below``), on an ``ax`` given inside the axes.
+    """
     if title:
         ax.set_title(title)
+    if own:
+        if legend:
+            legend_below(fig, ax)
+        return fig
     if legend:
         ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
@@ -38,10 +48,65 @@ def _finish(fig, ax, title: str | None, legend: bool):
 
 
 def _figure_axes(ax, figsize: tuple[float, float]):
-    """(figure, axes): a new figure of ``figsize`` if ``ax`` is None, else ``ax`` and its figure."""
+    """(figure, axes, own): a new constrained-layout figure of ``figsize`` if ``ax`` is None
+    (``own`` True), else ``ax`` and its figure.
+    """
     if ax is None:
-        return plt.subplots(figsize=figsize)
-    return ax.figure, ax
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+        return fig, ax, True
+    return ax.figure, ax, False
+
+
+#: the legend's font size, and the inches per character / per legend entry's handle (a guess
+#: used only where the canvas cannot measure text)
+LEGEND_FONTSIZE = "small"
+_CHAR_INCHES, _HANDLE_INCHES, _ROW_INCHES = 0.085, 0.6, 0.28
+
+
+def _legend_size(fig, leg, labels: Sequence[str], ncol: int) -> tuple[float, float]:
+    """(width, height) of ``leg`` in inches: measured on the canvas (Agg, the notebooks' inline
+    backend), else estimated from its labels in ``ncol`` columns.
+    """
+    get_renderer = getattr(fig.canvas, "get_renderer", None)
+    if get_renderer is not None:
+        box = leg.get_window_extent(get_renderer())
+        return box.width / fig.dpi, box.height / fig.dpi
+    rows = -(-len(labels) // ncol)
+    width = ncol * (_CHAR_INCHES * max(map(len, labels), default=1) + _HANDLE_INCHES)
+    return width, _ROW_INCHES * rows + 0.15
+
+
+def legend_below(fig, ax, fontsize: str | float = LEGEND_FONTSIZE):
+    """Put the legend of ``ax``'s labelled curves below the axes, outside the plot, so that it
+    covers no curve: one figure legend under the x-axis label, in as many columns as fit the
+    figure's width; the figure grows by the legend's height so the axes keep theirs.
+
+    Replaces an earlier legend of ``ax`` or of the figure (call it again after restyling curves:
+    the figure then grows only by the difference). The figure gets constrained layout. Returns
+    the legend, or None when nothing is labelled.
+    """
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    old = [(leg, [t.get_text() for t in leg.get_texts()]) for leg in fig.legends]
+    if not handles:
+        return None
+    engine = fig.get_layout_engine()
+    if engine is None or "Constrained" not in type(engine).__name__:
+        fig.set_layout_engine("constrained")
+    ncol = len(labels)
+    while True:
+        leg = fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=fontsize)
+        width, height = _legend_size(fig, leg, labels, ncol)
+        if ncol == 1 or width <= 0.97 * fig.get_figwidth():
+            break
+        leg.remove()
+        ncol = min(ncol - 1, -(-len(labels) // (-(-len(labels) // ncol) + 1)))  # a row more
+    old_height = sum(_legend_size(fig, o, names, ncol)[1] for o, names in old)
+    for o, _ in old:
+        o.remove()
+    fig.set_figheight(fig.get_figheight() - old_height + height)
+    return leg
 
 
 def time_label(unit: str) -> str:
@@ -65,7 +130,7 @@ def plot_agreement(
     ``curves``: {method: metrics.Curve}; ``times``: (n_evals,); ``labels``: {method: legend
     label} overriding the registered one (``methods.registry.method_label``). Returns the figure.
     """
-    fig, ax = _figure_axes(ax, (6, 4.8))
+    fig, ax, own = _figure_axes(ax, (6, 4.8))
     t = np.asarray(torch.as_tensor(times).double())
     for m in method_order(list(curves)):
         c = curves[m]
@@ -88,7 +153,7 @@ def plot_agreement(
         )
     ax.set_xlabel(xlabel or time_label(time_unit))
     ax.set_ylabel(ylabel)
-    return _finish(fig, ax, title, legend)
+    return _finish(fig, ax, title, legend, own)
 
 
 def save_figure(fig, name: str, figures_dir: str | Path) -> list[Path]:
@@ -113,7 +178,7 @@ def plot_seed_curves(
     ``seed_curves``: {method: metrics.SeedCurve}; ``labels`` as in ``plot_agreement``. Returns
     the figure.
     """
-    fig, ax = _figure_axes(ax, (5.5, 5.5))
+    fig, ax, own = _figure_axes(ax, (5.5, 5.5))
     for m in method_order(list(seed_curves)):
         c = seed_curves[m]
         style = method_style(m)
@@ -133,7 +198,7 @@ def plot_seed_curves(
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("number of seeds averaged")
     ax.set_ylabel("best cosine similarity")
-    return _finish(fig, ax, title, legend)
+    return _finish(fig, ax, title, legend, own)
 
 
 def plot_sorted_scores(
@@ -144,7 +209,7 @@ def plot_sorted_scores(
     Registered method names get their colour; other labels (further training at a time)
     are drawn in black/grey with solid/dashed lines.
     """
-    fig, ax = _figure_axes(ax, (6, 4.8))
+    fig, ax, own = _figure_axes(ax, (6, 4.8))
     others = 0
     for label, curve in curves.items():
         y = np.asarray(torch.as_tensor(curve).double())
@@ -163,12 +228,12 @@ def plot_sorted_scores(
     ax.axhline(0, color="0.6", linewidth=0.8)
     ax.set_xlabel("rank")
     ax.set_ylabel("sorted attribution score")
-    return _finish(fig, ax, title, legend)
+    return _finish(fig, ax, title, legend, own)
 
 
 def plot_scatter(x, y, xlabel: str, ylabel: str, title: str | None = None, ax=None):
     """Scatter of two score matrices (flattened) with the y = x line; returns the figure."""
-    fig, ax = _figure_axes(ax, (5, 5))
+    fig, ax, own = _figure_axes(ax, (5, 5))
     xs = np.asarray(torch.as_tensor(x).double()).ravel()
     ys = np.asarray(torch.as_tensor(y).double()).ravel()
     ax.scatter(xs, ys, s=8, alpha=0.5, color="C0")
@@ -179,7 +244,8 @@ def plot_scatter(x, y, xlabel: str, ylabel: str, title: str | None = None, ax=No
     ax.legend(fontsize="small", loc="upper left")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
+    if not own:
+        fig.tight_layout()
     return fig
 
 
