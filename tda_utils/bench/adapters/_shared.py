@@ -1,0 +1,231 @@
+"""Plumbing shared by the library adapters: option checks, devices, dtypes, damping, loaders.
+
+Only the public ``tda_utils`` API is used (``import tda_utils as tu``). Nothing here imports
+dattri or kronfluence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+import tda_utils as tu
+import tda_utils.your_model  # noqa: F401  (tu.your_model, imported as notebook 06 does)
+
+DTYPES = ("float32", "float64")
+#: memory budget (MB) of the chunked per-sample gradient pass that computes lambda0
+LAMBDA0_BUDGET_MB = 512.0
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``allowed``, else ValueError naming ``name`` and the choices."""
+    try:
+        if value in allowed and type(value) in {type(a) for a in allowed}:
+            return value
+    except TypeError:  # unhashable or incomparable value
+        pass
+    raise ValueError(
+        f"{name}={value!r} is not valid; allowed values: {', '.join(repr(a) for a in allowed)}"
+    )
+
+
+def check_number(name: str, value: Any, allow_zero: bool = False) -> float:
+    """``value`` as a finite float > 0 (>= 0 with ``allow_zero``), else ValueError naming it."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"{name}={value!r} must be a number")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}={value!r} must be a finite number {bound}")
+    return value
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+    return int(value)
+
+
+def check_indices(name: str, indices: Any, n: int) -> list[int]:
+    """``indices`` (a sequence, range, array or 1-d tensor of ints) as a non-empty list of ints in
+    ``[0, n)``, else ValueError naming ``name``.
+    """
+    if isinstance(indices, torch.Tensor):
+        indices = indices.detach().cpu().numpy()
+    arr = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-d sequence of ints, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    bad = arr[(arr < 0) | (arr >= n)]
+    if bad.size:
+        raise ValueError(f"{name} holds {bad[:5].tolist()} outside [0, {n})")
+    return [int(i) for i in arr]
+
+
+def resolve_device(device: Any) -> torch.device:
+    """The device of ``device``: "auto" (CUDA when available), "cpu", "cuda", "cuda:N" or a
+    ``torch.device``; ValueError naming ``device`` otherwise.
+    """
+    allowed = "'auto', 'cpu', 'cuda', 'cuda:N'"
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device={device!r} is not valid; allowed values: {allowed}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or device.startswith("cuda:"):
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"device={device!r} is not valid; allowed values: {allowed}") from None
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available; use 'cpu' or 'auto'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+        return dev
+    raise ValueError(f"device={device!r} is not valid; allowed values: {allowed}")
+
+
+def resolve_dtype(dtype: str | None, model: nn.Module) -> torch.dtype:
+    """None: the dtype of the model's trainable parameters; "float32" / "float64" otherwise."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (requires_grad=True)")
+    if dtype is None:
+        return params[0].dtype
+    return getattr(torch, check_choice("dtype", dtype, DTYPES))
+
+
+def working_copy(model: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """A deep copy of ``model`` in eval mode on ``device`` in ``dtype`` (the libraries mutate the
+    modules they are given: they load checkpoints into them, wrap layers or freeze parameters).
+    """
+    return copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Within the block, ``torch.get_default_dtype()`` is ``dtype`` (restored afterwards).
+
+    dattri allocates its score matrices and random start vectors with the default dtype; this
+    keeps float64 runs in float64. The default dtype is process-wide: do not run adapters
+    concurrently in threads that rely on a different default.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Within the block, torch's global RNG (and the CUDA one on ``device``) is seeded with
+    ``seed``; the caller's RNG state is restored afterwards.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def lambda0(model: nn.Module, splits: tu.Splits) -> float:
+    """The suite's damping unit: sum_j ||g_j||^2 / (n d), the mean squared per-sample training
+    gradient entry over the full training set and every trainable parameter (``g_j`` from
+    ``tu.grads``), computed on ``model``'s device and dtype.
+    """
+    ref = next(p for p in model.parameters() if p.requires_grad)
+    inputs, target = tu.grads.dataset_tensors(splits.train)
+    inputs = tuple(x.to(ref.device) for x in inputs)
+    target = target.to(ref.device)
+    total, n, d = 0.0, len(target), 0
+    for _, g in tu.grads.iter_per_sample_grads(
+        model, inputs, target, splits.task, memory_budget_mb=LAMBDA0_BUDGET_MB
+    ):
+        total += float((g.double() ** 2).sum())
+        d = g.shape[1]
+    return total / (n * d)
+
+
+def max_grad_norm(model: nn.Module, dataset, indices: Sequence[int], task: str) -> float:
+    """The largest per-sample loss-gradient norm (all trainable parameters) over rows
+    ``indices`` of ``dataset``, computed on ``model``'s device.
+    """
+    ref = next(p for p in model.parameters() if p.requires_grad)
+    inputs, target = tu.grads.dataset_tensors(dataset, list(indices))
+    inputs = tuple(x.to(ref.device) for x in inputs)
+    best = 0.0
+    for _, g in tu.grads.iter_per_sample_grads(
+        model, inputs, target.to(ref.device), task, memory_budget_mb=LAMBDA0_BUDGET_MB
+    ):
+        best = max(best, float(g.double().norm(dim=1).max()))
+    return best
+
+
+def resolve_damping(
+    damping: Any, damping_multiple: Any, model: nn.Module, splits: tu.Splits
+) -> float:
+    """``damping`` (absolute) when given, else ``damping_multiple`` x ``lambda0``."""
+    if damping is not None:
+        return check_number("damping", damping)
+    if damping_multiple is None:
+        raise ValueError("give damping (absolute) or damping_multiple (x lambda0); both are None")
+    return check_number("damping_multiple", damping_multiple) * lambda0(model, splits)
+
+
+def one_batch(dataset, indices: Sequence[int]) -> DataLoader:
+    """An unshuffled DataLoader yielding rows ``indices`` of ``dataset`` as one batch."""
+    return DataLoader(Subset(dataset, list(indices)), batch_size=len(indices), shuffle=False)
+
+
+def check_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str] | None:
+    """``layers`` (names of trainable parameters, as in ``model.named_parameters()``) in the
+    model's order, or None (every trainable parameter).
+    """
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        layers = [layers]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    unknown = [n for n in layers if n not in trainable]
+    if unknown or not layers:
+        raise ValueError(
+            f"layers={list(layers)!r}: {unknown or 'empty'} are not trainable parameter names; "
+            f"allowed: {trainable}"
+        )
+    return [n for n in trainable if n in set(layers)]
+
+
+class NonFiniteScores(ValueError):
+    """A library returned NaN or inf scores (a diverged or broken-down solver)."""
+
+
+def to_suite(raw: Any, n_query: int, n_train: int, layout: str, scale: float) -> torch.Tensor:
+    """A library's score matrix in the suite's convention: float64 CPU ``(n_query, n_train)``,
+    positive = helpful (``tu.your_model.to_query_major``), multiplied by ``scale``;
+    ``NonFiniteScores`` (a ValueError) when it holds NaN or inf.
+    """
+    values = tu.your_model.to_query_major(raw, n_query, n_train, layout, sign=1) * scale
+    if not bool(torch.isfinite(values).all()):
+        raise NonFiniteScores(
+            f"the library returned {int((~torch.isfinite(values)).sum())} non-finite scores "
+            "(NaN or inf); increase the damping or check the solver's options"
+        )
+    return values

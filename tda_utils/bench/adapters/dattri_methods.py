@@ -1,0 +1,625 @@
+"""dattri 0.3.0 attribution methods as suite plug-ins.
+
+Public: ``dattri_if_explicit``, ``dattri_if_cg``, ``dattri_if_lissa``, ``dattri_if_arnoldi``,
+``dattri_datainf``, ``dattri_ekfac``, ``dattri_tracin``, ``dattri_trak``.
+
+Every function is a plug-in ``f(model, splits, train_indices, query_indices, **options)`` that
+returns a float64 CPU tensor of shape ``(len(query_indices), len(train_indices))``, query-major,
+positive = helpful (removing the training instance raises the query's loss). dattri returns
+``(n_train, n_query)`` matrices; its influence functions compute g_train^T (H + lambda I)^{-1}
+g_query with the gradients of the *loss* and H the Hessian of the *mean* training loss, which is
+positive = helpful already (checked numerically against ``tu.attribute("if_explicit")``: equal to
+n_train x the suite's score, same sign), so the adapters transpose and keep the sign. The
+influence-function adapters divide by ``splits.n_train`` to report on the suite's IF scale,
+(1/n) g_q^T (H + lambda I)^{-1} g_i, the first-order change of the query's loss when the
+instance is removed.
+
+Common options: ``device`` ("cpu" default, "cuda", "cuda:N", "auto"); ``dtype`` (None: the
+model's; "float32" / "float64": a cast copy, inputs cast too); ``layers`` (names of trainable
+parameters, as in ``model.named_parameters()``, that dattri differentiates; None: all);
+``damping`` (absolute) or ``damping_multiple`` x lambda0, lambda0 = sum_j ||g_j||^2 / (n d) the
+suite's damping unit (mean squared per-sample training-gradient entry over every trainable
+parameter and the full training set), default multiple 100 as in the suite.
+
+The model is never modified: dattri works on a deep copy (it loads checkpoints into, and hooks,
+the module it is given). The library runs with torch's global RNG seeded (by the ``seed``
+option, or 0), so results are repeatable, and the caller's RNG state is restored afterwards
+(dattri's random draws and even iterating a DataLoader consume it). dattri is imported inside the
+functions. Its progress bars (tqdm, transient) go to stderr; set ``TQDM_DISABLE=1`` before
+importing tqdm to silence them. dattri allocates some tensors with torch's default dtype, so the
+adapters set it to the compute dtype for the duration of the call (process-wide; do not run
+adapters concurrently in threads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+import tda_utils as tu
+
+from ._shared import (
+    NonFiniteScores,
+    check_choice,
+    check_int,
+    check_layers,
+    check_number,
+    default_dtype,
+    max_grad_norm,
+    one_batch,
+    resolve_damping,
+    resolve_device,
+    resolve_dtype,
+    seeded,
+    to_suite,
+    working_copy,
+)
+from ._shared import (
+    check_indices as _check_indices,
+)
+
+HVP_MODES = ("rev-rev", "rev-fwd")
+#: dattri's TRAK / TracIn projector: the CPU projector's maximal batch (unused on CPU)
+PROJ_MAX_BATCH = 32
+
+
+@dataclasses.dataclass
+class _Setup:
+    """A working copy of the model with its data, indices, device and dtype."""
+
+    model: nn.Module
+    splits: tu.Splits
+    train: list[int]
+    query: list[int]
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def n(self) -> int:
+        return self.splits.n_train
+
+
+def _setup(model, splits, train_indices, query_indices, dtype, device) -> _Setup:
+    dev = resolve_device(device)
+    train = _check_indices("train_indices", train_indices, splits.n_train)
+    query = _check_indices("query_indices", query_indices, splits.n_test)
+    dt = resolve_dtype(dtype, model)
+    return _Setup(working_copy(model, dt, dev), splits.to(dt), train, query, dev, dt)
+
+
+def _import_dattri():
+    try:
+        import dattri.algorithm as algorithm
+        from dattri.task import AttributionTask
+    except ImportError as exc:  # pragma: no cover - dattri is a pinned dependency
+        raise ImportError(
+            "the dattri adapters need dattri==0.3.0 (pinned in pyproject.toml): "
+            "pip install dattri==0.3.0"
+        ) from exc
+    return algorithm, AttributionTask
+
+
+def _loss(s: _Setup) -> Callable:
+    """``tu.your_model.dattri_loss`` (mean loss of a batch) with floating data cast to the compute
+    dtype (dattri's LiSSA casts its batches to float32; labels cast back in the loss).
+    """
+    base = tu.your_model.dattri_loss(s.model, s.splits.task)
+
+    def loss(params, data):
+        return base(params, tuple(t.to(s.dtype) if t.is_floating_point() else t for t in data))
+
+    return loss
+
+
+def _task(s: _Setup, loss: Callable | None = None):
+    _, AttributionTask = _import_dattri()
+    return AttributionTask(
+        loss_func=loss or _loss(s), model=s.model, checkpoints=s.model.state_dict()
+    )
+
+
+def _inner_product(s: _Setup, attributor, seed: int = 0) -> torch.Tensor:
+    """Run dattri's ``cache`` (full training set, one batch) and ``attribute`` (one batch of the
+    training indices, one of the queries), on the suite's IF scale (divided by n_train), with
+    torch's RNG seeded by ``seed`` (the caller's RNG state is restored).
+    """
+    with default_dtype(s.dtype), seeded(seed, s.device):
+        attributor.cache(one_batch(s.splits.train, range(s.n)))
+        raw = attributor.attribute(
+            one_batch(s.splits.train, s.train), one_batch(s.splits.test, s.query)
+        )
+    return to_suite(raw, len(s.query), len(s.train), "train_query", 1.0 / s.n)
+
+
+def dattri_if_explicit(
+    model: nn.Module,
+    splits: tu.Splits,
+    train_indices: Sequence[int],
+    query_indices: Sequence[int],
+    *,
+    damping: float | None = None,
+    damping_multiple: float | None = 100.0,
+    layers: Sequence[str] | None = None,
+    dtype: str | None = None,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """Plug-in: dattri's ``IFAttributorExplicit``: the influence function with the explicit Hessian.
+
+    Returns:
+        float64 ``(n_query, n_train_indices)``: (1/n) g_q^T (H + lambda I)^{-1} g_i, positive =
+        helpful, the suite's IF scale (equal to ``tu.attribute("if_explicit", hessian="exact")``
+        on the same parameters and damping). H: the exact Hessian of the mean training loss over
+        the full training set (one batch) w.r.t. ``layers``; g: loss gradients.
+
+    Options: ``damping`` / ``damping_multiple`` (lambda = multiple x lambda0, default 100),
+    ``layers``, ``dtype``, ``device`` (see the module docstring). Forms the (d, d) Hessian: small
+    models (or ``layers``) only.
+    """
+    s = _setup(model, splits, train_indices, query_indices, dtype, device)
+    lam = resolve_damping(damping, damping_multiple, s.model, s.splits)
+    algorithm, _ = _import_dattri()
+    attributor = algorithm.IFAttributorExplicit(
+        task=_task(s),
+        layer_name=check_layers(s.model, layers),
+        device=str(s.device),
+        regularization=lam,
+    )
+    return _inner_product(s, attributor)
+
+
+def dattri_if_cg(
+    model: nn.Module,
+    splits: tu.Splits,
+    train_indices: Sequence[int],
+    query_indices: Sequence[int],
+    *,
+    damping: float | None = None,
+    damping_multiple: float | None = 100.0,
+    max_iter: int = 50,
+    mode: str = "rev-rev",
+    layers: Sequence[str] | None = None,
+    dtype: str | None = None,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """Plug-in: dattri's ``IFAttributorCG``: the influence function by conjugate gradient on HVPs.
+
+    Returns:
+        float64 ``(n_query, n_train_indices)``: (1/n) g_i^T x_q with (H + lambda I) x_q = g_q
+        solved by ``max_iter`` CG steps from x_0 = g_q, positive = helpful, IF scale. H: the exact
+        Hessian of the mean training loss (full training set, one batch).
+
+    Options: ``max_iter`` (dattri 0.3.0 runs exactly this many steps: it ignores its ``tol``);
+    ``mode``: "rev-rev" or "rev-fwd" (HVP autodiff); ``damping`` / ``damping_multiple``,
+    ``layers``, ``dtype``, ``device`` (module docstring). Raises ValueError when the scores are
+    not finite (a CG step divided by a vanished residual: lower ``max_iter``).
+    """
+    s = _setup(model, splits, train_indices, query_indices, dtype, device)
+    lam = resolve_damping(damping, damping_multiple, s.model, s.splits)
+    algorithm, _ = _import_dattri()
+    attributor = algorithm.IFAttributorCG(
+        task=_task(s),
+        layer_name=check_layers(s.model, layers),
+        device=str(s.device),
+        max_iter=check_int("max_iter", max_iter),
+        mode=check_choice("mode", mode, HVP_MODES),
+        regularization=lam,
+    )
+    return _inner_product(s, attributor)
+
+
+def dattri_if_lissa(
+    model: nn.Module,
+    splits: tu.Splits,
+    train_indices: Sequence[int],
+    query_indices: Sequence[int],
+    *,
+    damping: float | None = None,
+    damping_multiple: float | None = 100.0,
+    depth: int = 1000,
+    scale: float | str = "auto",
+    batch_size: int = 32,
+    repeat: int = 1,
+    seed: int = 0,
+    divergence_factor: float = 1e3,
+    mode: str = "rev-rev",
+    layers: Sequence[str] | None = None,
+    dtype: str | None = None,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """Plug-in: dattri's ``IFAttributorLiSSA``: the influence function by the LiSSA recursion.
+
+    dattri iterates h <- v + (1 - damping') h - H_B h / scale and returns h / scale, which
+    estimates (H + damping' x scale I)^{-1} v; the adapter passes damping' = lambda / scale so
+    that it estimates (H + lambda I)^{-1} g_q as the suite's ``lissa_h`` does (exact Hessian of
+    the mean loss of ``batch_size`` training instances per step, drawn by dattri).
+
+    Returns:
+        float64 ``(n_query, n_train_indices)``: (1/n) g_i^T est_q, positive = helpful, IF scale.
+
+    Options: ``depth`` (recursion steps; the paper used 5000), ``scale`` (a number, or "auto":
+    the smallest value of the suite's ``tu.methods.LISSA_SCALE_GRID`` whose run does not
+    diverge), ``batch_size``, ``repeat`` (estimates averaged), ``seed`` (torch's RNG for the
+    batch draws, restored afterwards), ``divergence_factor`` (a run counts as diverged when a
+    score is non-finite or exceeds factor x (depth + 1) |g_q| |g_i| / scale, a bound every
+    contracting run obeys), ``mode`` ("rev-rev" | "rev-fwd"), ``damping`` /
+    ``damping_multiple``, ``layers``, ``dtype``, ``device`` (module docstring).
+
+    Raises:
+        ValueError: every scale diverged (or the given one did): use a larger scale or damping.
+    """
+    s = _setup(model, splits, train_indices, query_indices, dtype, device)
+    lam = resolve_damping(damping, damping_multiple, s.model, s.splits)
+    if isinstance(scale, str):
+        check_choice("scale", scale, ("auto",))
+        scales = [float(x) for x in tu.methods.LISSA_SCALE_GRID]
+    else:
+        scales = [check_number("scale", scale)]
+    depth, batch_size = check_int("depth", depth), check_int("batch_size", batch_size)
+    repeat, seed = check_int("repeat", repeat), check_int("seed", seed, minimum=0)
+    factor = check_number("divergence_factor", divergence_factor)
+    layer_name = check_layers(s.model, layers)
+    mode = check_choice("mode", mode, HVP_MODES)
+    norms = {
+        split: max_grad_norm(s.model, getattr(s.splits, split), idx, s.splits.task)
+        for split, idx in (("train", s.train), ("test", s.query))
+    }
+    algorithm, _ = _import_dattri()
+    for sc in scales:
+        attributor = algorithm.IFAttributorLiSSA(
+            task=_task(s),
+            layer_name=layer_name,
+            device=str(s.device),
+            batch_size=min(batch_size, s.n),
+            num_repeat=repeat,
+            recursion_depth=depth,
+            damping=lam / sc,
+            scaling=sc,
+            mode=mode,
+        )
+        try:
+            values = _inner_product(s, attributor, seed)
+        except NonFiniteScores:
+            continue
+        bound = factor * (depth + 1) * norms["train"] * norms["test"] / sc / s.n
+        if float(values.abs().max()) <= bound:
+            return values
+    raise ValueError(
+        f"dattri LiSSA diverged for scale(s) {scales} (damping {lam:.3g}); use a larger scale "
+        "or a larger damping"
+    )
+
+
+def dattri_if_arnoldi(
+    model: nn.Module,
+    splits: tu.Splits,
+    train_indices: Sequence[int],
+    query_indices: Sequence[int],
+    *,
+    damping: float | None = None,
+    damping_multiple: float | None = 100.0,
+    proj_dim: int = 100,
+    max_iter: int = 200,
+    tol: float = 1e-7,
+    norm_constant: float = 1.0,
+    seed: int = 0,
+    layers: Sequence[str] | None = None,
+    dtype: str | None = None,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """Plug-in: dattri's ``IFAttributorArnoldi`` (Schioppa et al. 2022): the influence function
+    restricted to the top-``proj_dim`` eigenspace of H + lambda I from ``max_iter`` Arnoldi steps.
+
+    Returns:
+        float64 ``(n_query, n_train_indices)``: (1/n) sum_k (g_q . u_k)(g_i . u_k) / (e_k + lambda)
+        over the kept eigenpairs (e_k, u_k) of the exact Hessian H of the mean training loss,
+        positive = helpful, IF scale. Directions outside the kept eigenspace are dropped (unlike
+        a damped inverse, which weights them 1 / lambda).
+
+    Options: ``proj_dim`` (eigenpairs kept; dattri lowers it, with a warning, to the number of
+    positive ones), ``max_iter`` (Arnoldi steps, >= ``proj_dim``), ``tol``, ``norm_constant``,
+    ``seed`` (dattri seeds torch's global RNG with it; the adapter restores the caller's RNG
+    state), ``damping`` / ``damping_multiple``, ``layers``, ``dtype``, ``device``.
+    """
+    s = _setup(model, splits, train_indices, query_indices, dtype, device)
+    lam = resolve_damping(damping, damping_multiple, s.model, s.splits)
+    proj_dim, max_iter = check_int("proj_dim", proj_dim), check_int("max_iter", max_iter)
+    if max_iter < proj_dim:
+        raise ValueError(f"max_iter={max_iter} must be >= proj_dim={proj_dim}")
+    algorithm, _ = _import_dattri()
+    attributor = algorithm.IFAttributorArnoldi(
+        task=_task(s),
+        layer_name=check_layers(s.model, layers),
+        device=str(s.device),
+        proj_dim=proj_dim,
+        max_iter=max_iter,
+        norm_constant=check_number("norm_constant", norm_constant),
+        tol=check_number("tol", tol),
+        regularization=lam,
+        seed=check_int("seed", seed, minimum=0),
+    )
+    return _inner_product(s, attributor, seed)
+
+
+def dattri_datainf(
+    model: nn.Module,
+    splits: tu.Splits,
+    train_indices: Sequence[int],
+    query_indices: Sequence[int],
+    *,
+    damping: float | None = None,
+    c: float = 10.0,
+    dtype: str | None = None,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """Plug-in: dattri's ``IFAttributorDataInf`` (Kwon et al. 2024).
+
+    Per layer l (dattri groups the parameters by module: a Linear's weight and bias together),
+    v_hat_l = (1/n) sum_j [v_l - (v_l . g_jl) / (lambda + |g_jl|^2) g_jl] / lambda with v = g_q,
+    the Sherman-Morrison approximation of (G_l + lambda I)^{-1} v_l (G_l the layer's empirical
+    Fisher over the full training set).
+
+    Returns:
+        float64 ``(n_query, n_train_indices)``: (1/n) sum_l v_hat_l . g_il, positive = helpful, IF
+        scale. The suite's ``datainf`` differs in two ways: one lambda per parameter tensor and
+        weights and biases as separate blocks.
+
+    Options: ``damping`` (lambda, absolute) or ``c`` (lambda = lambda0 / c, the suite's default
+    c = 10 applied to the mean squared gradient entry of all parameters: dattri takes one lambda
+    for every layer), ``dtype``, ``device``. dattri 0.3.0 splits the gradients into layers over
+    all trainable parameters, so this adapter has no ``layers`` option.
+    """
+    s = _setup(model, splits, train_indices, query_indices, dtype, device)
+    if damping is None:
+        lam = resolve_damping(None, 1.0 / check_number("c", c), s.model, s.splits)
+    else:
+        lam = check_number("damping", damping)
+    algorithm, _ = _import_dattri()
+    attributor = algorithm.IFAttributorDataInf(
+        task=_task(s), layer_name=None, device=str(s.device), regularization=lam
+    )
+    return _inner_product(s, attributor)
+
+
+def dattri_ekfac(
+    model: nn.Module,
+    splits: tu.Splits,
+    train_indices: Sequence[int],
+    query_indices: Sequence[int],
+    *,
+    damping: float | None = None,
+    damping_multiple: float | None = 100.0,
+    modules: Sequence[str] | None = None,
+    dtype: str | None = None,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """Plug-in: dattri's ``IFAttributorEKFAC``, EK-FAC influence (George et al. 2018).
+
+    dattri fits the Kronecker factors and the eigenvalue correction with the *empirical* Fisher
+    (the training labels, one pass over the full training set as one batch); the suite's
+    ``ekfac`` uses the Gauss-Newton matrix (the expected Fisher), so the two differ.
+
+    Returns:
+        float64 ``(n_query, n_train_indices)``: (1/n) g_q^T (F_ekfac + lambda I)^{-1} g_i over
+        the parameters of ``modules``, positive = helpful, IF scale.
+
+    Options: ``modules`` (names of ``nn.Linear`` modules, as in ``model.named_modules()``;
+    None: every ``nn.Linear``), ``damping`` / ``damping_multiple``, ``dtype``, ``device``.
+
+    Two issues of dattri 0.3.0's EK-FAC, found by checking it against kronfluence's
+    empirical-Fisher EK-FAC, are scored as shipped (not corrected here): (1) it rotates a
+    gradient G as q_s G q_a^T with the matrices of ``torch.linalg.eigh``, whose *columns* are
+    the eigenvectors (the eigenbasis needs q_s^T G q_a); (2) for a layer with a bias it appends
+    the flattened bias to the flattened weight and reshapes to (out, in + 1), which scrambles the
+    entries instead of making the bias the last column. On a bias-free MLP with the rotation
+    transposed, dattri equals kronfluence's empirical EK-FAC to 1e-15; as shipped the cosine
+    between them is ~0.4-0.85 at damping 0.1-1 x lambda0 (0.998 at the default 100 x, where the
+    damping dominates). The scores stay a positive-definite quadratic form, so the sign holds.
+    """
+    s = _setup(model, splits, train_indices, query_indices, dtype, device)
+    lam = resolve_damping(damping, damping_multiple, s.model, s.splits)
+    linear = [n for n, m in s.model.named_modules() if isinstance(m, nn.Linear)]
+    if modules is not None:
+        modules = [modules] if isinstance(modules, str) else list(modules)
+        unknown = [m for m in modules if m not in linear]
+        if unknown or not modules:
+            raise ValueError(
+                f"modules={modules!r}: {unknown or 'empty'} are not nn.Linear modules; "
+                f"allowed: {linear}"
+            )
+    elif not linear:
+        raise ValueError("dattri_ekfac needs a model with nn.Linear modules")
+    algorithm, _ = _import_dattri()
+    attributor = algorithm.IFAttributorEKFAC(
+        task=_task(s), module_name=modules, device=str(s.device), damping=lam
+    )
+    return _inner_product(s, attributor)
+
+
+def _projector(s: _Setup, proj_dim: int | None, d: int, seed: int) -> dict[str, Any]:
+    """Options of dattri's projector: identity when ``proj_dim`` is None or >= d, else Gaussian."""
+    identity = proj_dim is None or proj_dim >= d
+    return {
+        "proj_dim": d if identity else proj_dim,
+        "proj_max_batch_size": PROJ_MAX_BATCH,
+        "proj_seed": seed,
+        "proj_type": "identity" if identity else "normal",
+        "device": str(s.device),
+    }
+
+
+def _n_params(s: _Setup, layer_name: list[str] | None) -> int:
+    return sum(
+        p.numel()
+        for n, p in s.model.named_parameters()
+        if p.requires_grad and (layer_name is None or n in layer_name)
+    )
+
+
+def dattri_tracin(
+    model: nn.Module,
+    splits: tu.Splits,
+    train_indices: Sequence[int],
+    query_indices: Sequence[int],
+    *,
+    lr: float = 1.0,
+    normalized: bool = False,
+    proj_dim: int | None = None,
+    seed: int = 0,
+    batch_size: int = 512,
+    layers: Sequence[str] | None = None,
+    dtype: str | None = None,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """Plug-in: dattri's ``TracInAttributor`` at the final checkpoint only (one checkpoint).
+
+    Returns:
+        float64 ``(n_query, n_train_indices)``: lr x g_q . g_i (with ``normalized``: lr x the
+        cosine, Grad-Cos), positive = helpful, unscaled like the suite's ``grad_dot`` (which it
+        equals for lr = 1 without projection).
+
+    Options: ``lr`` (the checkpoint's weight), ``normalized``, ``proj_dim`` (None or >= the
+    number of parameters: exact gradients; else dattri's Gaussian random projection to that
+    dimension, seeded by ``seed``), ``batch_size`` (gradients per batch), ``layers``, ``dtype``,
+    ``device`` (module docstring).
+    """
+    s = _setup(model, splits, train_indices, query_indices, dtype, device)
+    layer_name = check_layers(s.model, layers)
+    if proj_dim is not None:
+        check_int("proj_dim", proj_dim)
+    seed, batch_size = check_int("seed", seed, minimum=0), check_int("batch_size", batch_size)
+    normalized = check_choice("normalized", normalized, (False, True))
+    algorithm, _ = _import_dattri()
+    attributor = algorithm.TracInAttributor(
+        task=_task(s),
+        weight_list=torch.tensor([check_number("lr", lr)], dtype=s.dtype),
+        normalized_grad=normalized,
+        projector_kwargs=None,  # set below: dattri 0.3.0 would update its module-level defaults
+        layer_name=layer_name,
+        device=str(s.device),
+    )
+    attributor.projector_kwargs = _projector(s, proj_dim, _n_params(s, layer_name), seed)
+    train = torch.utils.data.Subset(s.splits.train, s.train)
+    test = torch.utils.data.Subset(s.splits.test, s.query)
+    with default_dtype(s.dtype), seeded(seed, s.device):
+        raw = attributor.attribute(
+            torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=False),
+            torch.utils.data.DataLoader(test, batch_size=batch_size, shuffle=False),
+        )
+    return to_suite(raw, len(s.query), len(s.train), "train_query", 1.0)
+
+
+def _trak_functions(s: _Setup) -> tuple[Callable, Callable]:
+    """TRAK's per-sample output f(params, (inputs..., target)), the suite's: the margin
+    log p_y - log(1 - p_y) (classification) or the prediction (regression, one output); and
+    the probability of the label (0 for regression, so that dattri's Q = 1 - p is 1).
+    """
+    from torch.func import functional_call
+
+    task = s.splits.task
+
+    def forward(params, data):
+        *inputs, target = data
+        out = functional_call(s.model, params, tuple(x.unsqueeze(0) for x in inputs)).squeeze(0)
+        return out, target
+
+    def output(params, data):
+        out, y = forward(params, data)
+        if task == "regression":
+            return out.reshape(-1)[0]
+        mask = torch.arange(out.shape[-1], device=out.device) == y
+        rest = torch.where(mask, torch.full_like(out, -torch.inf), out).logsumexp(-1)
+        return (out * mask).sum() - rest
+
+    def probability(params, data):
+        out, y = forward(params, data)
+        if task == "regression":
+            return torch.zeros((), dtype=out.dtype, device=out.device)
+        mask = torch.arange(out.shape[-1], device=out.device) == y
+        return (torch.softmax(out, dim=-1) * mask).sum()
+
+    return output, probability
+
+
+def dattri_trak(
+    model: nn.Module,
+    splits: tu.Splits,
+    train_indices: Sequence[int],
+    query_indices: Sequence[int],
+    *,
+    proj_dim: int | None = 2048,
+    damping: float | None = None,
+    damping_multiple: float | None = 0.01,
+    seed: int = 0,
+    batch_size: int = 512,
+    layers: Sequence[str] | None = None,
+    dtype: str | None = None,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """Plug-in: dattri's ``TRAKAttributor``, single-model TRAK (Park et al. 2023).
+
+    Features phi_j = P^T grad f_j / sqrt(d) with f the suite's TRAK output (the margin
+    log p_y - log(1 - p_y) for classification, the prediction for regression) and P dattri's
+    Gaussian projection (or none); score = phi_q^T (Phi^T Phi + r I)^{-1} phi_i x (1 - p_i)
+    (no reweighting for regression), Phi over the full training set.
+
+    Returns:
+        float64 ``(n_query, n_train_indices)``, positive = helpful as in the suite's ``trak``
+        (classification: the estimated decrease of the query's margin when i is removed;
+        regression: the change of the query's prediction, whose sign is not tied to
+        helpfulness), on the suite's scale: without projection it equals
+        ``tu.attribute("trak", projection="none")`` at the same ``damping_multiple``.
+
+    Options: ``proj_dim`` (None or >= the number of parameters: no projection; else dattri's
+    Gaussian projection seeded by ``seed``), ``damping`` (dattri's absolute regularization r)
+    or ``damping_multiple`` (r = multiple x |Phi|_F^2 / p, the suite's 0.01 x TRAK's own lambda0
+    in dattri's units, with |Phi|_F^2 from the unprojected gradients, which the projection
+    preserves in expectation), ``batch_size``, ``layers``, ``dtype``, ``device``.
+    """
+    s = _setup(model, splits, train_indices, query_indices, dtype, device)
+    if s.splits.task == "regression" and s.splits.n_outputs != 1:
+        raise ValueError(
+            f"dattri_trak needs a single regression output; this model has {s.splits.n_outputs}"
+        )
+    layer_name = check_layers(s.model, layers)
+    if proj_dim is not None:
+        check_int("proj_dim", proj_dim)
+    seed, batch_size = check_int("seed", seed, minimum=0), check_int("batch_size", batch_size)
+    algorithm, AttributionTask = _import_dattri()
+    output, probability = _trak_functions(s)
+    task = AttributionTask(loss_func=output, model=s.model, checkpoints=s.model.state_dict())
+    d_layers = _n_params(s, layer_name)
+    projector = _projector(s, proj_dim, d_layers, seed)
+    loader = torch.utils.data.DataLoader(s.splits.train, batch_size=batch_size, shuffle=False)
+    if damping is not None:
+        reg = check_number("damping", damping)
+    else:
+        multiple = check_number("damping_multiple", damping_multiple)
+        params, _ = task.get_param(0, layer_name=layer_name)
+        grad_fn = task.get_grad_loss_func(in_dims=(None, 0), layer_name=layer_name, ckpt_idx=0)
+        sq = 0.0
+        with seeded(seed, s.device):  # iterating a DataLoader draws from torch's RNG
+            for batch in loader:
+                g = grad_fn(params, tuple(t.to(s.device) for t in batch)).detach()
+                sq += float((g.double() ** 2).sum())
+        d_all = _n_params(s, None)
+        reg = multiple * sq / (d_all * projector["proj_dim"])
+    attributor = algorithm.TRAKAttributor(
+        task=task,
+        correct_probability_func=probability,
+        projector_kwargs=None,  # set below: dattri 0.3.0 would update its module-level defaults
+        layer_name=layer_name,
+        device=str(s.device),
+        regularization=reg,
+    )
+    attributor.projector_kwargs = projector
+    test = torch.utils.data.Subset(s.splits.test, s.query)
+    with default_dtype(s.dtype), seeded(seed, s.device):
+        attributor.cache(loader)
+        raw = attributor.attribute(
+            torch.utils.data.DataLoader(test, batch_size=batch_size, shuffle=False)
+        )
+    return to_suite(raw[s.train], len(s.query), len(s.train), "train_query", 1.0)
