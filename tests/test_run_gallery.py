@@ -12,6 +12,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tda_utils.analysis.records import RunResults
 from tda_utils.run import gallery
 from tda_utils.run import reproduce
 
@@ -103,6 +104,11 @@ def fake_profile(tmp_path_factory):
         "run,method,first,best\n01_fake__tiny,Grad-Dot,0.91234,0.95\n"
     )
     (results / "reproduced.csv").write_text("claim,reproduced\nGrad-Dot first,yes\n")
+    RunResults(
+        notebook="01_fake", dataset="tiny", profile="fake", time_unit="epoch", times={},
+        agreement={}, seeds={}, sorted_scores={}, wall_time={}, final_eval={},
+        final_model="final model: shipped, trained on a test CPU (cpu, torch 2.14.1)",
+    ).save(results)
     rows = [
         {"run": "01_fake__tiny", "status": "ok", "wall_s": 12.5, "detail": ""},
         {
@@ -179,6 +185,7 @@ def test_index_shows_status_runtime_provenance_and_tables(fake_profile):
         "0.912",
         "Reproduced?",
         "Grad-Dot first",
+        "<td>shipped, trained on a test CPU (cpu, torch 2.14.1)</td>",
     ):
         assert needle in text, needle
     # multi-panel figures in figure order (fig2 before fig10), above the summary

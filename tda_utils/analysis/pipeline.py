@@ -432,11 +432,14 @@ def collect_results(
     seed_ks: Sequence[int] = SEED_KS,
     sorted_time_indices=(0,),
     results_dir=None,
+    final_model: str = "",
 ) -> RunResults:
     """Build a notebook run's ``RunResults`` from its gold standards and scores, and save it.
 
     The same curves as the notebook's figures (``paper.agreement_figure`` and friends call the
     same panel functions). ``gold_adam`` adds Figs. 4 and 8, ``gold_retrain`` Fig. 11.
+    ``final_model``: where the final model came from (``tu.final.describe(final)``), shown in
+    the gallery.
     """
     agree = {
         "fig2": agreement_panel(gold, scores),
@@ -465,6 +468,7 @@ def collect_results(
         wall_time={m: float(s.wall_time) for m, s in scores.items()},
         final_eval=dict(final_eval),
         labels=score_labels(scores),
+        final_model=final_model,
     )
     record.save(results_dir)
     return record

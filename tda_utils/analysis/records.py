@@ -43,6 +43,8 @@ class RunResults:
         final_eval: the final model's test metrics.
         labels: {method: its figure and table label} (``methods.registry.method_label``, e.g.
             "LiSSA-H (depth 100)"); missing methods use the registered label.
+        final_model: where the final model came from (``final.describe``: "final model:
+            shipped, trained on ..." or "final model: trained here; ...").
     """
 
     notebook: str
@@ -56,6 +58,7 @@ class RunResults:
     wall_time: dict[str, float]
     final_eval: dict[str, float]
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    final_model: str = ""
 
     @property
     def name(self) -> str:

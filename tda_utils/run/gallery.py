@@ -183,9 +183,28 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
-def _runs_table(runs: Sequence[Mapping[str, Any]], reports: Path, index_dir: Path) -> str:
+def _final_models(profile: str, results: Path) -> dict[str, str]:
+    """{run: where its final model came from} from the runs' results records."""
+    import warnings
+
+    from ..analysis.records import load_results
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an old record is named when 05 reads it
+        records = load_results(profile, results)
+    return {name: r.final_model.removeprefix("final model: ") for name, r in records.items()}
+
+
+def _runs_table(
+    runs: Sequence[Mapping[str, Any]],
+    reports: Path,
+    index_dir: Path,
+    final_models: Mapping[str, str] | None = None,
+) -> str:
+    final_models = final_models or {}
     head = (
-        "<tr><th>run</th><th>status</th><th>runtime</th><th>report</th><th>git commit</th>"
+        "<tr><th>run</th><th>status</th><th>runtime</th><th>report</th><th>final model</th>"
+        "<th>git commit</th>"
         "<th>device</th>"
         "<th>threads</th><th>finished (UTC)</th><th>detail</th></tr>"
     )
@@ -200,6 +219,7 @@ def _runs_table(runs: Sequence[Mapping[str, Any]], reports: Path, index_dir: Pat
         body.append(
             f'<tr class="{status.lower()}"><td>{html.escape(r["run"])}</td><td>{status}</td>'
             f"<td>{_fmt_time(float(r.get('wall_s', 0.0)))}</td><td>{links or '-'}</td>"
+            f"<td>{html.escape(final_models.get(r['run']) or '-')}</td>"
             f"<td><code>{html.escape(str(p.get('git_commit', '-')))}</code></td>"
             f"<td>{html.escape(str(p.get('device', '-')))}</td>"
             f"<td>{html.escape(str(p.get('torch_threads', '-')))} of "
@@ -342,7 +362,7 @@ def build_gallery(
         (
             "runs",
             "Runs",
-            _runs_table(runs, reports, reports)
+            _runs_table(runs, reports, reports, _final_models(profile, results))
             + "".join(
                 f'<p class="failed">HTML export failed: {html.escape(e)}</p>' for e in export_errors
             ),
