@@ -1,8 +1,13 @@
 """Config-keyed, resumable, atomic on-disk cache that is safe to share.
 
-Public: ``Cache``, ``atomic_save``, ``atomic_write_text``, ``default_results_dir``, ``repo_root``,
-``repo_path``, ``model_fingerprint``, ``SCHEMA_VERSION``, ``CacheWarning``,
-``UnsafeCacheItemError``.
+Public: ``Cache``, ``atomic_save``, ``atomic_write_text``, ``default_results_dir``,
+``output_root``, ``repo_root``, ``repo_path``, ``model_fingerprint``, ``SCHEMA_VERSION``,
+``CacheWarning``, ``UnsafeCacheItemError``.
+
+Default output folders: ``reports/``, ``figures/`` and ``results/`` (this cache) lie in
+``output_root()``, the repository root unless ``$FIMO_OUTPUT_DIR`` names another folder (``make
+test`` points it at a temporary folder so that its notebook runs leave the repository alone);
+``$FIMO_RESULTS_DIR``, when set, moves the cache alone.
 
 Entries live in ``<root>/<kind>/<key>/``. Each entry directory holds ``config.json`` (the full
 configuration the key was made from) and one or more ``*.pt`` items.
@@ -74,10 +79,18 @@ def repo_path(path: str | os.PathLike, root: Path | None = None) -> Path:
     return p if p.is_absolute() else Path(root or repo_root()) / p
 
 
+def output_root() -> Path:
+    """The folder holding the default ``reports/``, ``figures/`` and ``results/``:
+    ``$FIMO_OUTPUT_DIR`` if set, else the repository root (``repo_root()``).
+    """
+    env = os.environ.get("FIMO_OUTPUT_DIR")
+    return Path(env).expanduser() if env else repo_root()
+
+
 def default_results_dir() -> Path:
-    """``$FIMO_RESULTS_DIR`` if set, else ``<repo>/results``."""
+    """``$FIMO_RESULTS_DIR`` if set, else ``<output_root()>/results`` (``<repo>/results``)."""
     env = os.environ.get("FIMO_RESULTS_DIR")
-    return Path(env) if env else repo_root() / "results"
+    return Path(env) if env else output_root() / "results"
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:

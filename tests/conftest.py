@@ -15,6 +15,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import tda_utils as tu  # noqa: E402
 from tda_utils.data.registry import Splits  # noqa: E402
 
+from . import guard  # noqa: E402
+
 
 def make_splits(
     task: str = "regression",
@@ -79,11 +81,38 @@ def cls_splits() -> Splits:
     return make_splits("classification")
 
 
-# --- make test leaves tracked files alone -----------------------------------------------------
+# --- make test leaves the repository alone ----------------------------------------------------
+# Every test writes under tmp_path: the guard (tests/guard.py) snapshots the repository's
+# reports/, figures/, results/ and README.md (+ its figure) before each test and fails the test
+# naming every path it added, removed or modified (in its setup or call: the test FAILS; in a
+# fixture's teardown, or a test that failed anyway: an error at teardown). nbval cells are
+# guarded by notebooks/conftest.py, which also points the notebooks' outputs at a temporary folder.
+@pytest.fixture(autouse=True)
+def _repository_outputs_untouched(request):
+    request.node._fimo_outputs = guard.snapshot()
+    yield
+    problem = guard.check(request.node._fimo_outputs, what="this test")
+    if problem:
+        pytest.fail(problem, pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    result = yield  # a test that failed keeps its own failure; the fixture's teardown checks it
+    before = getattr(item, "_fimo_outputs", None)
+    if before is not None:
+        item._fimo_outputs = guard.snapshot()  # the teardown compares with this
+        changes = guard.compare(before, item._fimo_outputs)
+        if changes:
+            pytest.fail(guard.describe(changes), pytrace=False)
+    return result
+
+
 # Notebook 05 rewrites README.md and docs/results_fig2_cpu.png only when the runner asks
 # (`--update-readme`, i.e. `make readme`). This check snapshots the
-# working tree's tracked changes when the session starts and fails the session (exit status 1,
-# naming the files) if any test or nbval notebook run changed a tracked file.
+# working tree's tracked changes and the guard's outputs when the session starts and fails the
+# session (exit status 1, naming the files) if anything changed a tracked file or an output
+# (also what no single test is blamed for: a module- or session-scoped fixture, collection).
 _REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 
@@ -111,9 +140,15 @@ def _tracked_state() -> str | None:
 
 def pytest_sessionstart(session):
     session.config._fimo_tracked = _tracked_state()
+    session.config._fimo_outputs = guard.snapshot()
 
 
 def pytest_sessionfinish(session, exitstatus):
+    outputs = getattr(session.config, "_fimo_outputs", None)
+    problem = guard.check(outputs, what="the test session") if outputs is not None else None
+    if problem:
+        print(f"\nFAILED: {problem}")
+        session.exitstatus = 1
     before = getattr(session.config, "_fimo_tracked", None)
     after = _tracked_state()
     if before is None or after is None or before == after:

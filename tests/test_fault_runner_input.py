@@ -4,6 +4,7 @@ report, which is kept (nothing already computed is lost)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -132,6 +133,7 @@ def test_ctrl_c_prints_summary_so_far_and_exits_130(tmp_path, monkeypatch, capsy
     assert (tmp_path / "r" / "01_tabular_regression__a.ipynb").exists()  # finished work kept
     monkeypatch.setattr(reproduce, "plan", lambda *a, **k: _runs())
     monkeypatch.setattr(reproduce, "run", lambda runs, profile, **kw: rows)
+    monkeypatch.setenv("FIMO_OUTPUT_DIR", str(tmp_path / "out"))  # the gallery and runs.json
     code = reproduce.main(["--profile", "cpu"])
     out = capsys.readouterr().out
     assert (
@@ -139,3 +141,6 @@ def test_ctrl_c_prints_summary_so_far_and_exits_130(tmp_path, monkeypatch, capsy
         and "01_tabular_regression__a" in out
         and "stopped 01_tabular_regression__b" in out
     )
+    recorded = json.loads((tmp_path / "out" / "reports" / "cpu" / "runs.json").read_text())
+    assert [r["status"] for r in recorded] == ["ok", "stopped"]  # the stopped run is recorded
+    assert f"gallery (open in a browser): {tmp_path / 'out' / 'reports' / 'cpu'}" in out

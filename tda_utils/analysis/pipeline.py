@@ -27,7 +27,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
 from tqdm.auto import tqdm
 
-from ..cache import default_results_dir, repo_path, repo_root
+from ..cache import default_results_dir, output_root, repo_path
 from ..config import check_indices, check_positive
 from ..data.registry import DATASETS, Splits, load_dataset
 from ..gold.further_training import FurtherTrainingResult
@@ -45,9 +45,10 @@ def output_paths(
     profile: str = "cpu", figures_dir: str | None = None, results_dir: str | None = None
 ):
     """Where a notebook writes: ``figures`` (default ``<repo>/figures/<profile>``) and ``results``
-    (the cache; default ``<repo>/results`` or ``$FIMO_RESULTS_DIR``).
+    (the cache; default ``<repo>/results`` or ``$FIMO_RESULTS_DIR``). ``$FIMO_OUTPUT_DIR``, when
+    set, replaces ``<repo>`` in both defaults (``cache.output_root``).
     """
-    figures = Path(figures_dir) if figures_dir else repo_root() / "figures" / profile
+    figures = Path(figures_dir) if figures_dir else output_root() / "figures" / profile
     results = Path(results_dir) if results_dir else default_results_dir()
     figures.mkdir(parents=True, exist_ok=True)
     return types.SimpleNamespace(figures=figures, results=results)

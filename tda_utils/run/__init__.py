@@ -2,11 +2,12 @@
 
 Modules: ``reproduce`` (``python -m tda_utils.reproduce``: the profiles of ``reproduce.yaml``),
 ``costing`` (``--dry-run``), ``gallery`` (``python -m tda_utils.gallery``: reports and
-``index.html``). These execute notebooks, which import the rest of the package in their kernels.
+``index.html``), ``kernels`` (the kernels' encrypted transport, for the runner and nbval). These
+execute notebooks, which import the rest of the package in their kernels.
 
 May import: every folder. Nothing imports ``run/`` except the two entry points at the top.
 """
 
-from . import costing, gallery, reproduce  # noqa: F401
+from . import costing, gallery, kernels, reproduce  # noqa: F401
 
-__all__ = ["costing", "gallery", "reproduce"]
+__all__ = ["costing", "gallery", "kernels", "reproduce"]

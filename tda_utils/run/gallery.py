@@ -15,7 +15,9 @@ After the runner (``python -m tda_utils.reproduce``) has executed a profile's no
   in ``figures/<profile>/``, ``results/<profile>/`` or ``results/``, the runs (status, runtime,
   provenance, links to the HTML and ``.ipynb`` reports) and every other figure (PNG, with its PDF).
 
-Every link in the page is relative, so the folder can be moved or served as it is.
+``reports/`` and ``figures/`` lie in the repository root, or in ``$FIMO_OUTPUT_DIR`` when it is
+set (``cache.output_root``). Every link in the page is relative, so the folder can be moved or
+served as it is.
 Rebuild without running anything: ``python -m tda_utils.gallery --profile cpu``.
 """
 
@@ -34,7 +36,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from ..cache import default_results_dir, repo_root
+from ..cache import default_results_dir, output_root, repo_root
 from ..devices import cpu_name
 
 #: packages whose versions each run records
@@ -289,18 +291,21 @@ def build_gallery(
         rows: the runner's summary rows of this invocation (recorded with ``prov`` in
             ``runs.json``); None shows what ``runs.json`` holds, and reports without a record as
             status "unknown".
-        root: repository root (default: ``repo_root()``).
-        reports_dir: the executed notebooks (default ``<root>/reports/<profile>``).
-        figures_dir: the figures (default ``<root>/figures/<profile>``).
+        root: repository root (default: ``repo_root()``; its git commit is the provenance's).
+        reports_dir: the executed notebooks (default ``<root>/reports/<profile>``; without
+            ``root``: ``<output_root()>/reports/<profile>``, the repository's or
+            ``$FIMO_OUTPUT_DIR``'s).
+        figures_dir: the figures (default ``<root>/figures/<profile>``, likewise).
         results_dir: the results folder (default ``default_results_dir()``).
         prov: provenance of ``rows`` (default: ``provenance(root)``).
 
     Returns:
         The path of ``index.html``.
     """
+    out_root = Path(root) if root else output_root()
     root = Path(root) if root else repo_root()
-    reports = Path(reports_dir) if reports_dir else root / "reports" / profile
-    figures = Path(figures_dir) if figures_dir else root / "figures" / profile
+    reports = Path(reports_dir) if reports_dir else out_root / "reports" / profile
+    figures = Path(figures_dir) if figures_dir else out_root / "figures" / profile
     results = Path(results_dir) if results_dir else default_results_dir()
     reports.mkdir(parents=True, exist_ok=True)
     runs = (

@@ -8,9 +8,12 @@ YAML, e.g. ``--set data_path=/data/energy.txt --set n_seeds=2``). In a profile w
 ``skip_missing_data: true`` a run whose ``data_path`` does not exist is skipped (status
 ``skipped``, naming the path) instead of failing. Each run executes
 ``notebooks/<notebook>.ipynb`` with papermill into
-``reports/<profile>/<notebook>__<dataset>.ipynb``; figures go to ``figures/<profile>/``. A
-progress bar runs across runs, a summary table (run, status, wall time) is printed at the end,
-and the exit status is non-zero when any run failed (the failing cell is named).
+``reports/<profile>/<notebook>__<dataset>.ipynb``; figures go to ``figures/<profile>/``
+(``reports/``, ``figures/`` and the cache ``results/`` lie in the repository root, or in
+``$FIMO_OUTPUT_DIR`` when it is set: ``cache.output_root``). A progress bar runs across runs, a
+summary table (run, status, wall time) is printed at the end, and the exit status is non-zero
+when any run failed (the failing cell is named). The notebook kernels talk to the runner over
+CurveZMQ-encrypted sockets where the kernel supports it (``kernels.kernel_config``).
 
 Input handling: a manifest or ``--set`` value that cannot be read, an unknown ``--set`` key (one
 that is not a parameter of any selected notebook, as papermill inspects them) or a reserved key
@@ -36,8 +39,9 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from ..cache import repo_path, repo_root
+from ..cache import output_root, repo_path, repo_root
 from .gallery import build_gallery
+from .kernels import kernel_config
 
 RESERVED = ("dataset", "profile", "figures_dir")  # set by the runner for every run
 
@@ -216,14 +220,19 @@ def run(
 ) -> list[dict]:
     """Execute ``runs`` with papermill; return one summary row per run (never raises on failure).
 
-    With ``skip_missing_data`` a run whose ``data_path`` does not exist is not executed; its row
-    has status ``skipped`` and names the missing path.
+    ``root``: the repository (its ``notebooks/``; relative ``data_path`` values are read from it;
+    default ``repo_root()``). ``reports_dir`` / ``figures_dir``: default ``<out>/reports/<profile>``
+    and ``<out>/figures/<profile>``, ``<out>`` being ``root`` when given, else ``output_root()``
+    (the repository root, or ``$FIMO_OUTPUT_DIR``). With ``skip_missing_data`` a run whose
+    ``data_path`` does not exist is not executed; its row has status ``skipped`` and names the
+    missing path.
     """
     import papermill as pm
 
+    out_root = Path(root) if root else output_root()
     root = Path(root) if root else repo_root()
-    reports = Path(reports_dir) if reports_dir else root / "reports" / profile
-    figures = Path(figures_dir) if figures_dir else root / "figures" / profile
+    reports = Path(reports_dir) if reports_dir else out_root / "reports" / profile
+    figures = Path(figures_dir) if figures_dir else out_root / "figures" / profile
     reports.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -300,6 +309,7 @@ def _execute(
             cwd=str(root / "notebooks"),
             progress_bar=False,
             log_output=log_output,
+            config=kernel_config(),
         )
     except BaseException as exc:  # papermill.PapermillExecutionError and friends, Ctrl-C
         if tmp.exists():
