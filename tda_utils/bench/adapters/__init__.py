@@ -9,10 +9,10 @@ modified), ``splits`` a ``tu.Splits``; queries index ``splits.test``, training i
 ``splits.train``. Options are keyword arguments with defaults (``device``: "cpu" by default;
 damping as in the suite, ``damping_multiple`` x lambda0); see each function's docstring.
 
-``ADAPTERS`` maps a name to each plug-in: dattri 0.3.0 (``dattri_methods``) and kronfluence
-1.0.1 (``kronfluence_methods``). The libraries are imported when a plug-in runs, not here; a
-missing one raises ImportError naming the version to install. Only the public ``tda_utils``
-API (``import tda_utils as tu``) is used.
+``ADAPTERS`` maps a name to each plug-in: dattri 0.3.0 (``dattri_methods``; TracIn and TRAK in
+``dattri_gradients``) and kronfluence 1.0.1 (``kronfluence_methods``). The libraries are
+imported when a plug-in runs, not here; a missing one raises ImportError naming the version to
+install. Only the public ``tda_utils`` API (``import tda_utils as tu``) is used.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from .dattri_methods import (
     dattri_if_cg,
     dattri_if_explicit,
     dattri_if_lissa,
-    dattri_tracin,
-    dattri_trak,
 )
+from .dattri_gradients import dattri_tracin, dattri_trak
 from .kronfluence_methods import (
     kronfluence_diagonal,
     kronfluence_ekfac,

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import tda_utils as tu
-import tda_utils.your_model  # noqa: F401  (tu.your_model, imported as notebook 06 does)
+import tda_utils.final.your_model  # noqa: F401  (tu.your_model)
 
 DTYPES = ("float32", "float64")
 #: memory budget (MB) of the chunked per-sample gradient pass that computes lambda0
