@@ -42,8 +42,10 @@ LEGACY_MODULES = {
     "pipeline": "analysis.pipeline", "plotting": "figures.plotting", "paper": "figures.paper",
     "costing": "run.costing",
 }
-for _old, _new in LEGACY_MODULES.items():
-    sys.modules.setdefault(f"{__name__}.{_old}", importlib.import_module(f".{_new}", __name__))
+for _old, _new in LEGACY_MODULES.items():  # tu.<old> and ``import tda_utils.<old>``
+    globals()[_old] = sys.modules.setdefault(
+        f"{__name__}.{_old}", importlib.import_module(f".{_new}", __name__)
+    )
 del _old, _new
 
 

@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
+import pandas as pd
 import yaml
 
 from ..devices import AT_START, portable_cpu_math
-from .suite import benchmark
+from .suite import BenchWarning, benchmark
 
 #: set in the environment of the re-executed command (so it is not re-executed again)
 REEXEC_FLAG = "FIMO_BENCH_REEXEC"
@@ -93,19 +95,21 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(r.name for r in gold_runs(args.profile, args.only, args.manifest)))
             return 0
-        result = benchmark(
-            args.method, profile=args.profile, only=args.only, results_dir=args.results_dir,
-            reports_dir=args.reports_dir, figures_dir=args.figures_dir, out_dir=args.out_dir,
-            device=args.device, options=options, compute_missing=not args.no_compute,
-            rerun=args.rerun, native_math=args.native_math, manifest=args.manifest,
-        )
+        with warnings.catch_warnings():  # the sign warnings are printed below, as notes
+            warnings.simplefilter("ignore", BenchWarning)
+            result = benchmark(
+                args.method, profile=args.profile, only=args.only, results_dir=args.results_dir,
+                reports_dir=args.reports_dir, figures_dir=args.figures_dir, out_dir=args.out_dir,
+                device=args.device, options=options, compute_missing=not args.no_compute,
+                rerun=args.rerun, native_math=args.native_math, manifest=args.manifest,
+            )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     shown = result.table[["run", "method", "kind", "first", "best", "last", "spearman_first",
                           "crossing_time", "wall_time_s", "status"]]
     mine = shown[shown["kind"] == "plug-in"] if result.plugins else shown
-    with __import__("pandas").option_context("display.width", 160, "display.max_columns", 20):
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(mine.round(3).to_string(index=False))
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The leaderboard: one row per (run, method), its CSV and Markdown files, and its figures.
 
-Public: ``COLUMNS``, ``MARKDOWN_COLUMNS``, ``SIGN_THRESHOLD``, ``run_rows``, ``failed_row``,
-``crossing_time_against``, ``sign_warnings``, ``markdown``, ``write_leaderboard``,
+Public: ``COLUMNS``, ``MARKDOWN_COLUMNS``, ``SIGN_THRESHOLD``, ``PLUGIN_MARKERS``, ``run_rows``,
+``failed_row``, ``crossing_time_against``, ``sign_warnings``, ``markdown``, ``write_leaderboard``,
 ``leaderboard_figure``, ``curves_figure``.
 
 A row holds, for one method on one run, the agreement with the run's SGD gold standard exactly
@@ -196,31 +196,47 @@ def _grid(n: int, size: tuple[float, float]):
     return fig, list(axes.flat[:n])
 
 
+#: the markers of the plug-ins (black), in the order given
+PLUGIN_MARKERS = ("*", "D", "X", "P", "^", "v", "s", "h")
+
+
 def leaderboard_figure(table: pd.DataFrame, title: str | None = None):
-    """Per run, first vs last cosine agreement of every method scored: built-ins in their
-    registry colours, plug-ins as black stars with their names. Returns the figure.
+    """Per run, first vs last cosine agreement of every method scored: built-ins as dots in
+    their registry colours, plug-ins as large black markers; one legend for all. Returns the
+    figure.
     """
     ok = table[table["status"] == "ok"]
     runs = list(dict.fromkeys(ok["run"])) or ["(no run scored)"]
-    fig, axes = _grid(len(runs), (4.6, 4.2))
+    plugins = list(dict.fromkeys(ok[ok["kind"] == "plug-in"]["method"]))
+    fig, axes = _grid(len(runs), (4.2, 4.0))
+    handles: dict[str, object] = {}
     for ax, run in zip(axes, runs):
         rows = ok[ok["run"] == run]
         for _, r in rows.iterrows():
-            plug = r["kind"] == "plug-in"
-            style = method_style(r["method"])
-            ax.scatter(r["first"], r["last"], marker="*" if plug else "o", s=160 if plug else 40,
-                       color="k" if plug else style.get("color", "0.5"), zorder=3 if plug else 2,
-                       edgecolor="w" if plug else None)
-            ax.annotate(r["label"], (r["first"], r["last"]), fontsize=6 if not plug else 7,
-                        fontweight="bold" if plug else "normal", xytext=(3, 3),
-                        textcoords="offset points")
-        lo = np.nanmin(np.r_[rows["first"].to_numpy(float), rows["last"].to_numpy(float), 0.0])
+            if r["kind"] == "plug-in":
+                k = plugins.index(r["method"])
+                style = dict(marker=PLUGIN_MARKERS[k % len(PLUGIN_MARKERS)], s=150, color="k",
+                             edgecolor="w", linewidth=0.5, zorder=4)
+                label = r["method"]
+            else:
+                style = dict(marker="o", s=45, color=method_style(r["method"]).get("color", "0.5"),
+                             alpha=0.85, zorder=3)
+                label = r["label"]
+            handles.setdefault(label, ax.scatter(r["first"], r["last"], label=label, **style))
+        values = np.r_[rows["first"].to_numpy(float), rows["last"].to_numpy(float), 0.0]
+        lo = min(float(np.nanmin(values)), 0.0) - 0.05
         ax.plot([lo, 1], [lo, 1], color="0.7", linestyle=":", linewidth=1, zorder=1)
-        ax.set_title(run, fontsize=8)
-        ax.set_xlabel("cosine at the first evaluation")
-        ax.set_ylabel("cosine at the last evaluation")
-    fig.suptitle(title or "Attribution methods vs further training (plug-ins: black stars)")
+        ax.set_xlim(lo, 1.03)
+        ax.set_ylim(lo, 1.03)
+        ax.set_title(run, fontsize=9)
+        ax.set_xlabel("cosine, first evaluation")
+        ax.set_ylabel("cosine, last evaluation")
+    fig.suptitle(title or "Agreement with further training: first vs last evaluation "
+                 "(plug-ins in black)")
     fig.tight_layout()
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="center left",
+                   bbox_to_anchor=(1.0, 0.5), fontsize="small", frameon=False)
     return fig
 
 
@@ -231,22 +247,28 @@ def curves_figure(
     title: str | None = None,
 ):
     """Per run, every method's cosine agreement over further-training time (``curves``: {run:
-    {method: Curve}}, ``times``: {run: (times, unit)}); plug-ins drawn black, dash-dot, on top.
+    {method: Curve}}, ``times``: {run: (times, unit)}) with its SEM band; plug-ins in black
+    (dash-dot, then dashed, dotted, ...), on top; one legend for all. Returns the figure.
     """
     runs = list(curves) or ["(no run scored)"]
-    fig, axes = _grid(len(runs), (4.6, 3.8))
+    dashes = ("-.", "--", ":", (0, (5, 1, 1, 1, 1, 1)))
+    fig, axes = _grid(len(runs), (4.2, 3.6))
+    handles: dict[str, object] = {}
     for ax, run in zip(axes, runs):
         if run not in curves:
             continue
         t, unit = times[run]
-        plotting.plot_agreement(curves[run], t, unit, ax=ax, legend=False,
-                                title=run)
+        plotting.plot_agreement(curves[run], t, unit, ax=ax, legend=False, title=run)
         for line, band in zip(ax.lines, ax.collections):
             if line.get_label() in plugins:
-                line.set(color="k", linestyle="-.", linewidth=2, zorder=5)
+                k = list(plugins).index(line.get_label())
+                line.set(color="k", linestyle=dashes[k % len(dashes)], linewidth=2, zorder=5)
                 band.set_color("k")
-        ax.title.set_fontsize(8)
-        ax.legend(fontsize=5)
-    fig.suptitle(title or "Cosine agreement with further training (plug-ins: black)")
+            handles.setdefault(line.get_label(), line)
+        ax.title.set_fontsize(9)
+    fig.suptitle(title or "Cosine agreement with further training (plug-ins in black)")
     fig.tight_layout()
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="center left",
+                   bbox_to_anchor=(1.0, 0.5), fontsize="small", frameon=False)
     return fig

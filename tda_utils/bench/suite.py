@@ -71,7 +71,7 @@ class BenchResult:
 
     def plugin_rows(self) -> pd.DataFrame:
         """The plug-ins' rows only."""
-        return self.table[self.table["kind"] == "plug-in"]
+        return self.table[self.table["kind"] == "plug-in"].reset_index(drop=True)
 
 
 def default_reports_dir(profile: str) -> Path:
@@ -224,9 +224,10 @@ def benchmark(
     loaded_manifest = reproduce.load_manifest(Path(manifest) if manifest else None)
     skip = bool(loaded_manifest["profiles"][profile].get("skip_missing_data", False))
     reports = Path(reports_dir) if reports_dir else default_reports_dir(profile)
+    where = (Path(results_dir) if results_dir else None, reports,
+             Path(figures_dir) if figures_dir else None)
     available, errors, notes, skipped = ensure_inputs(
-        runs, profile, Path(results_dir) if results_dir else None, reports,
-        Path(figures_dir) if figures_dir else None, rerun, compute_missing, native_math, skip,
+        runs, profile, *where, rerun, compute_missing, native_math, skip,
     )
     plugins: list[Plugin] = []
     rows: list[dict] = []
@@ -244,6 +245,7 @@ def benchmark(
     curves: dict[str, dict[str, Curve]] = {}
     times: dict[str, tuple[torch.Tensor, str]] = {}
     math_here = cpu_math_settings()
+    other_math: dict[str, list[str]] = {}
     bar = tqdm(total=len(available) * max(1, len(plugins)), desc=f"bench [{profile}]",
                unit="score", disable=not progress)
     for r in runs:
@@ -251,18 +253,23 @@ def benchmark(
             continue
         bar.set_postfix_str(r.name)
         try:
-            inputs = load_run_inputs(available[r.name])
+            try:
+                inputs = load_run_inputs(available[r.name])
+            except ValueError as stale:  # unreadable or of another version: rerun its notebook
+                if not compute_missing or rerun:
+                    raise
+                notes.append(f"run {r.name}: {stale}; rerunning its notebook")
+                again, more, _, _ = ensure_inputs([r], profile, *where, rerun=True,
+                                                  native_math=native_math)
+                errors += more
+                inputs = load_run_inputs(again.get(r.name, available[r.name]))
         except ValueError as err:
             errors.append(f"run {r.name}: {err}")
             rows += [leaderboard.failed_row(r.name, p.name, str(err)) for p in plugins]
             bar.update(max(1, len(plugins)))
             continue
         if inputs.cpu_math != math_here:
-            notes.append(
-                f"run {r.name}: its built-in scores were computed with CPU math kernels "
-                f"{inputs.cpu_math or 'native'}, this process uses {math_here or 'native'}: a "
-                "plug-in copying a built-in method may differ from it by rounding"
-            )
+            other_math.setdefault(inputs.cpu_math or "native", []).append(r.name)
         scored, failed = {}, []
         for p in plugins:
             try:
@@ -279,6 +286,13 @@ def benchmark(
         rows += run_rows + failed
         del inputs
     bar.close()
+    for kernels, names in other_math.items():
+        notes.append(
+            f"the built-in scores of {', '.join(names)} were computed with the CPU math kernels "
+            f"{kernels}, this process uses {math_here or 'native'} ones: a plug-in copying a "
+            "built-in method may differ from it by rounding (the command line uses the runner's "
+            "portable kernels unless --native-math)"
+        )
     table = pd.DataFrame(rows, columns=list(leaderboard.COLUMNS))
     order = {r.name: i for i, r in enumerate(runs)}
     table = table.sort_values("run", key=lambda s: s.map(order), kind="stable")
