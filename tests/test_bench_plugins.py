@@ -301,6 +301,7 @@ def test_cli_input_errors_exit_2(tmp_path, capsys):
     assert "01_tabular_regression__concrete" in listed and "05_paper_figures" not in listed
 
 
+@pytest.mark.filterwarnings("ignore:dataset 'sst2'")
 def test_bert_head_round_trips(tmp_path):
     from tda_utils.models import text as mtx
 
@@ -322,3 +323,21 @@ def test_bert_head_round_trips(tmp_path):
     a = tu.attribute("grad_dot", head, data, train_indices=range(6), query_indices=range(3))
     b = tu.attribute("grad_dot", again, data, train_indices=range(6), query_indices=range(3))
     assert torch.equal(a.values, b.values)
+    # a whole model (no cached trunk, e.g. the paper's SST-2 run): embeddings rebuilt too
+    full = tiny_bert(splits, "all")
+    again = tu.bench.inputs.model_from_data(tu.bench.inputs.model_to_data(full), splits)
+    ids, mask, _ = splits.test.tensors
+    assert again.embeddings is not None and torch.equal(again(ids, mask), full.eval()(ids, mask))
+
+
+def test_unreadable_inputs_name_the_file_and_what_to_do(tmp_path, capsys):
+    path = tu.bench.inputs_path("smoke", "01_tabular_regression__concrete", tmp_path / "res")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a torch file")
+    status = cli.main(["--method", "bench_test_plugins:copy_grad_dot", "--profile", "smoke",
+                       "--only", "01_tabular_regression:concrete", "--results-dir",
+                       str(tmp_path / "res"), "--out-dir", str(tmp_path / "out"), "--no-compute"])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert f"benchmark inputs {path} cannot be read" in err and "rerun its notebook" in err
+    assert path.read_bytes() == b"not a torch file"  # left for the notebook to replace
