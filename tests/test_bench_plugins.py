@@ -71,6 +71,10 @@ def raises(model, splits, train_indices, query_indices):
     raise RuntimeError("kaboom inside the plug-in")
 
 
+def scaled(model, splits, train_indices, query_indices, factor=1.0):
+    return factor * copy_grad_dot(model, splits, train_indices, query_indices)
+
+
 def mutates(model, splits, train_indices, query_indices):
     for p in model.parameters():
         p.data.zero_()
@@ -341,3 +345,15 @@ def test_unreadable_inputs_name_the_file_and_what_to_do(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"benchmark inputs {path} cannot be read" in err and "rerun its notebook" in err
     assert path.read_bytes() == b"not a torch file"  # left for the notebook to replace
+
+
+def test_options_reach_the_plugin_and_an_unknown_one_is_refused(results, tmp_path):
+    out = _bench(results, tmp_path, ["bench_test_plugins:scaled"], options={"factor": 3.0})
+    assert out.ok, out.errors
+    t = out.table.set_index(["run", "method"])
+    for run in RUNS:
+        assert t.loc[(run, "bench_test_plugins:scaled"), "first"] == pytest.approx(
+            t.loc[(run, "grad_dot"), "first"], abs=1e-12)
+    out = _bench(results, tmp_path, ["bench_test_plugins:negated"], options={"factor": 3.0})
+    assert not out.ok
+    assert "takes no option(s) ['factor']" in out.errors[0] and "on run" in out.errors[0]
