@@ -151,12 +151,13 @@ def model_from_data(data: Mapping[str, Any], splits: Splits) -> nn.Module:
     """The final model from ``model_to_data``'s data (``splits``: its data, for the registered
     builders' input and output sizes), in eval mode, with the saved trainable parameters.
     """
-    if data["kind"] == "bert":
-        model = _bert_from_data(data["bert"])
-    else:
-        spec = data["spec"]
-        model = build_model(spec["name"], splits, seed=spec.get("seed", 0),
-                            **dict(spec.get("options") or {}))
+    with torch.random.fork_rng(devices=[]):  # building seeds torch: leave the caller's RNG be
+        if data["kind"] == "bert":
+            model = _bert_from_data(data["bert"])
+        else:
+            spec = data["spec"]
+            model = build_model(spec["name"], splits, seed=spec.get("seed", 0),
+                                **dict(spec.get("options") or {}))
     model = model.to(getattr(torch, data["dtype"]))
     model.load_state_dict(data["state_dict"], strict=True)
     trainable = set(data["trainable"])
