@@ -5,7 +5,7 @@ Public API: ``load_dataset``, ``build_model``, ``train_model``, ``evaluate``, ``
 is ``tu.pipeline`` (load, select, run methods, tables, results record) and ``tu.paper`` (the
 paper's figures, summary and README section). The folders follow the data flow (see
 ARCHITECTURE.md): ``data/`` -> ``models/`` -> ``linalg/`` -> ``final/`` -> ``gold/`` ->
-``methods/`` -> ``analysis/`` -> ``figures/`` -> ``run/``, on top of the core modules
+``methods/`` -> ``analysis/`` -> ``figures/`` -> ``run/`` -> ``bench/``, on top of the core modules
 ``config``, ``devices`` and ``cache``.
 
 The flat module paths of earlier versions (``tda_utils.further_training``, ``tda_utils.grads``,
@@ -27,6 +27,7 @@ from .linalg import grads, hessian, solvers  # noqa: F401
 from .methods import METHODS, AttributionScores, attribute
 from .analysis.metrics import Curve, agreement
 from .models import MODELS, build_model
+from . import bench  # noqa: F401,E402  (tu.bench: the benchmark; it imports run/, so it comes last)
 
 #: {old flat module: its module now}; importing ``tda_utils.<old>`` gives the new module
 LEGACY_MODULES = {

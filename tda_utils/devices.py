@@ -1,6 +1,6 @@
 """Where computations run: one resolver for every ``device=`` argument.
 
-Public: ``resolve_device``, ``DEVICE_CHOICES``, ``to_cpu``, ``cpu_name``.
+Public: ``resolve_device``, ``DEVICE_CHOICES``, ``to_cpu``, ``cpu_name``, ``math_kernels``.
 
 Every public entry point that computes (``train_model``, ``further_train``, ``attribute``,
 ``evaluate``) takes ``device="auto"``: CUDA when ``torch.cuda.is_available()``, else the CPU. An
@@ -89,3 +89,10 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def math_kernels() -> str:
+    """The CPU and PyTorch's CPU kernel level, e.g. ``"AMD EPYC / AVX512"``: scores computed
+    under another stamp may differ from this process's by rounding.
+    """
+    return f"{cpu_name()} / {torch.backends.cpu.get_cpu_capability()}"
