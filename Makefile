@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 # fewer progress-bar messages from notebook kernels (nbval waits at most 5 s for a cell's output)
 export TQDM_MININTERVAL := 2
 
-.PHONY: setup reproduce readme test lint clean gallery slides
+.PHONY: setup reproduce readme test lint clean gallery slides bench-libraries
 
 setup: $(STAMP)
 
@@ -43,6 +43,11 @@ slides: $(STAMP)
 	$(PY) -m jupyter nbconvert --to slides $$execute "$$nb" --output-dir reports/slides \
 	    --output 00_unified_view_tutorial
 	@echo "slides: reports/slides/00_unified_view_tutorial.slides.html"
+
+# the other libraries' methods (dattri, kronfluence adapters) scored against the cached gold
+# standards of $(PROFILE), next to the built-in methods: reports/$(PROFILE)/bench/leaderboard.*
+bench-libraries: $(STAMP)
+	$(PY) -m tda_utils.bench --libraries --profile $(PROFILE)
 
 test: $(STAMP)
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env --durations=25

@@ -303,6 +303,22 @@ def test_cli_input_errors_exit_2(tmp_path, capsys):
     assert cli.main(["--profile", "smoke", "--list"]) == 0
     listed = capsys.readouterr().out.split()
     assert "01_tabular_regression__concrete" in listed and "05_paper_figures" not in listed
+    assert cli.main(["--profile", "smoke", "--libraries", "kronfluence_x", "--list"]) == 2
+    err = capsys.readouterr().err
+    assert "--libraries 'kronfluence_x' matches no adapter" in err and "dattri_trak" in err
+
+
+def test_libraries_name_the_shipped_adapters():
+    from tda_utils.bench.adapters import ADAPTERS
+
+    every = cli.library_plugins([])
+    assert every == [f"tda_utils.bench.adapters:{a}" for a in ADAPTERS] and len(every) == 12
+    assert cli.library_plugins(None) == []
+    picked = cli.library_plugins(["kronfluence_ekfac", "dattri_if", "dattri_if_cg"])
+    assert [p.split(":")[1] for p in picked] == [
+        "kronfluence_ekfac", "dattri_if_explicit", "dattri_if_cg", "dattri_if_lissa",
+        "dattri_if_arnoldi",
+    ]
 
 
 @pytest.mark.filterwarnings("ignore:dataset 'sst2'")

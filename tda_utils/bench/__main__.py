@@ -1,6 +1,7 @@
 """``python -m tda_utils.bench``: score attribution methods (plug-ins) against further training.
 
-    python -m tda_utils.bench --method MODULE:FUNCTION [--method ...] [--profile cpu|smoke|paper]
+    python -m tda_utils.bench --method MODULE:FUNCTION [--method ...] [--libraries [NAME ...]]
+        [--profile cpu|smoke|paper]
         [--only NOTEBOOK[:DATASET] ...] [--device auto] [--option KEY=VALUE ...]
         [--results-dir DIR] [--reports-dir DIR] [--figures-dir DIR] [--out-dir DIR]
         [--rerun] [--no-compute] [--manifest reproduce.yaml]
@@ -13,8 +14,9 @@ makes that cheap when ``make reproduce`` or the runner ran it before). Writes
 ``<reports>/bench/leaderboard.csv``, ``leaderboard.md``, ``leaderboard.png`` and ``.pdf``
 (``reports/<profile>/bench/`` by default) and prints the plug-ins' rows. Exit status: 0, or 1
 when a plug-in or a run failed (its rows say "failed"; the error list names the plug-in and the
-run), 2 for bad command-line input.
-
+run), 2 for bad command-line input. ``--libraries`` adds the shipped adapters of other libraries
+(``bench.adapters.ADAPTERS``: dattri, kronfluence), all of them or those named (a name or a
+prefix such as ``dattri`` or ``kronfluence_ekfac``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import yaml
 
 from .suite import BenchWarning, benchmark
 
+ADAPTERS_MODULE = "tda_utils.bench.adapters"
 
 
 def parse_options(items: list[str] | None) -> dict:
@@ -45,12 +48,36 @@ def parse_options(items: list[str] | None) -> dict:
     return out
 
 
+def library_plugins(names: list[str] | None) -> list[str]:
+    """``--libraries`` -> plug-in specs ``"tda_utils.bench.adapters:<name>"``: every adapter for an
+    empty list, else those whose name starts with one of ``names`` (ValueError naming an unknown
+    one and the choices).
+    """
+    from .adapters import ADAPTERS
+
+    if names is None:
+        return []
+    chosen = list(ADAPTERS) if not names else []
+    for name in names:
+        hits = [a for a in ADAPTERS if a.startswith(name)]
+        if not hits:
+            raise ValueError(
+                f"--libraries {name!r} matches no adapter; choose from {', '.join(ADAPTERS)} "
+                "(or a prefix: dattri, kronfluence)"
+            )
+        chosen += [a for a in hits if a not in chosen]
+    return [f"{ADAPTERS_MODULE}:{a}" for a in chosen]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser."""
     p = argparse.ArgumentParser(prog="python -m tda_utils.bench",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--method", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="a plug-in (repeatable); none: the built-in methods only")
+    p.add_argument("--libraries", nargs="*", default=None, metavar="NAME",
+                   help="add other libraries' adapters as plug-ins: all, or those named or "
+                   "prefixed (e.g. dattri, kronfluence_ekfac)")
     p.add_argument("--profile", default="cpu", help="profile of reproduce.yaml (default: cpu)")
     p.add_argument("--only", action="extend", nargs="+", metavar="NOTEBOOK[:DATASET]",
                    help="score only these runs (repeatable), e.g. 01_tabular_regression:concrete")
@@ -82,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         options = parse_options(args.option)
+        methods = list(args.method) + [
+            m for m in library_plugins(args.libraries) if m not in args.method
+        ]
         if args.list:
             from .suite import gold_runs
 
@@ -90,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():  # the sign warnings are printed below, as notes
             warnings.simplefilter("ignore", BenchWarning)
             result = benchmark(
-                args.method, profile=args.profile, only=args.only, results_dir=args.results_dir,
+                methods, profile=args.profile, only=args.only, results_dir=args.results_dir,
                 reports_dir=args.reports_dir, figures_dir=args.figures_dir, out_dir=args.out_dir,
                 device=args.device, options=options, compute_missing=not args.no_compute,
                 rerun=args.rerun, manifest=args.manifest,
