@@ -454,5 +454,6 @@ def _run_and_report(args, manifest: dict, runs: list[Run], command: str) -> int:
         return 130
     return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
 
+
 if __name__ == "__main__":
     sys.exit(main())
