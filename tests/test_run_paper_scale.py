@@ -238,3 +238,19 @@ def test_runner_output_dir_moves_every_output_and_records_the_command(tmp_path, 
     (rec,) = json.loads((out / "reports" / "paper" / RUNS_FILE).read_text())
     assert rec["command"] == "python -m tda_utils.reproduce " + " ".join(argv)
     assert rec["parameters"]["device"] == "cpu" and rec["parameters"]["n_seeds"] == 100
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"PY": "/no/such/python", "INSTALL": "0"}, "error: PY=/no/such/python is not a Python"),
+        ({"RUNS": "01_tabular_regression:energy", "ENERGY_FILE": "/no/energy.txt"},
+         "error: no Energy file at ENERGY_FILE=/no/energy.txt"),
+    ],
+)  # fmt: skip
+def test_recipe_bad_input_is_one_error_line_and_exit_2(tmp_path, env, message):
+    env = {**os.environ, "PY": sys.executable, "OUT": str(tmp_path / "out"),
+           "DOCS": str(tmp_path / "docs"), **env}  # fmt: skip
+    proc = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(message)
+    assert not (tmp_path / "docs").exists()
