@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 # fewer progress-bar messages from notebook kernels (nbval waits at most 5 s for a cell's output)
 export TQDM_MININTERVAL := 2
 
-.PHONY: setup reproduce readme test lint clean gallery slides bench-libraries
+.PHONY: setup reproduce readme test lint clean gallery slides bench-libraries paper-scale
 
 setup: $(STAMP)
 
@@ -31,6 +31,15 @@ reproduce: $(STAMP)
 # maintainers: make reproduce, and let 05 rewrite README.md's results section and figure
 readme: $(STAMP)
 	$(PY) -m tda_utils.reproduce --profile cpu --update-readme
+
+# maintainers, on a GPU machine: the paper profile's RUNS on DEVICE into outputs/paper_scale/ (apart
+# from the cpu profile's outputs), then docs/paper_scale/ (Fig. 2, tables, runtimes); see
+# benchmarks/paper_scale.sh for ENERGY_FILE, OUT, DOCS
+RUNS ?= 01_tabular_regression:concrete 01_tabular_regression:energy
+DEVICE ?= cuda
+# (a GPU machine's own torch stack instead of the pinned venv: make paper-scale PY=python3)
+paper-scale:
+	RUNS="$(RUNS)" DEVICE="$(DEVICE)" PY="$(PY)" bash benchmarks/paper_scale.sh
 
 # rebuild reports/$(PROFILE)/index.html from what is there, without running anything
 gallery: $(STAMP)

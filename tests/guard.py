@@ -1,8 +1,9 @@
 """Tests never write into the repository's outputs: snapshot them, compare, name what changed.
 
-``snapshot(root)`` records every file under ``root``'s ``reports/``, ``figures/`` and
-``results/`` (relative path -> (size, mtime_ns); a directory as ``path/`` -> None, so that an
-empty folder made by ``mkdir`` counts too) and the tracked files that ``make reproduce``
+``snapshot(root)`` records every file under ``root``'s ``reports/``, ``figures/``, ``results/``,
+``outputs/`` and ``docs/paper_scale/`` (the last two written by ``make paper-scale``; relative
+path -> (size, mtime_ns); a directory as ``path/`` -> None, so that an empty folder made by
+``mkdir`` counts too) and the tracked files that ``make reproduce``
 rewrites (``README.md``, ``docs/results_fig2_cpu.png``). ``compare(before, after)`` lists the
 paths that were added, removed or modified. One ``os.scandir`` walk, a few ms on a full
 ``results/``.
@@ -18,8 +19,8 @@ from pathlib import Path
 
 #: the repository root
 ROOT = Path(__file__).resolve().parent.parent
-#: the output trees watched (every file in them)
-TREES = ("reports", "figures", "results")
+#: the output trees watched (every file in them; make paper-scale writes the last two)
+TREES = ("reports", "figures", "results", "outputs", "docs/paper_scale")
 #: single files watched (README.md and its figure are rewritten by ``make reproduce`` only)
 FILES = ("README.md", "docs/results_fig2_cpu.png")
 

@@ -103,7 +103,8 @@ def provenance(root: Path | None = None) -> dict[str, Any]:
 def record_runs(
     reports_dir: Path, rows: Sequence[Mapping[str, Any]], prov: Mapping[str, Any] | None = None
 ) -> list[dict]:
-    """Merge the runner's summary ``rows`` (run, status, wall_s, detail, ...) with the runs already
+    """Merge the runner's summary ``rows`` (run, status, wall_s, detail, and when given the
+    ``command`` line and the run's ``parameters``) with the runs already
     recorded in ``<reports_dir>/runs.json`` (a new row replaces the old one of the same run), each
     new row tagged with ``prov`` (default ``provenance()``); returns all recorded rows.
     """
@@ -119,6 +120,7 @@ def record_runs(
             "wall_s": float(r.get("wall_s", 0.0)),
             "detail": r.get("detail", ""),
             "provenance": prov,
+            **{k: r[k] for k in ("command", "parameters") if k in r},
         }
     out = list(merged.values())
     reports_dir.mkdir(parents=True, exist_ok=True)

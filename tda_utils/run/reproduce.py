@@ -10,10 +10,11 @@ YAML, e.g. ``--set data_path=/data/energy.txt --set n_seeds=2``). In a profile w
 ``notebooks/<notebook>.ipynb`` with papermill into
 ``reports/<profile>/<notebook>__<dataset>.ipynb``; figures go to ``figures/<profile>/``
 (``reports/``, ``figures/`` and the cache ``results/`` lie in the repository root, or in
-``$FIMO_OUTPUT_DIR`` when it is set: ``cache.output_root``). A progress bar runs across runs, a
-summary table (run, status, wall time) is printed at the end, and the exit status is non-zero
-when any run failed (the failing cell is named). The notebook kernels talk to the runner over
-CurveZMQ-encrypted sockets where the kernel supports it (``kernels.kernel_config``).
+``$FIMO_OUTPUT_DIR`` when it is set, which ``--output-dir DIR`` sets: ``cache.output_root``).
+Each run's command line and parameters are recorded in ``runs.json``. A progress bar runs
+across runs, a summary table (run, status, wall time) is printed at the end, and the exit status
+is non-zero when any run failed (the failing cell is named). The notebook kernels talk to the
+runner over CurveZMQ-encrypted sockets where the kernel supports it (``kernels.kernel_config``).
 
 Input handling: a manifest or ``--set`` value that cannot be read, an unknown ``--set`` key (one
 that is not a parameter of any selected notebook, as papermill inspects them) or a reserved key
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -362,6 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         dest="overrides",
         help="override a notebook parameter of every selected run (repeatable; YAML value)",
     )
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        metavar="DIR",
+        help="put reports/, figures/ and the results/ cache under DIR instead of the repository "
+        "(sets $FIMO_OUTPUT_DIR for the runs; e.g. a paper-scale run apart from the cpu profile)",
+    )
     parser.add_argument("--manifest", default=None, help="path of reproduce.yaml")
     parser.add_argument("--list", action="store_true", help="list the runs of the profile and exit")
     parser.add_argument(
@@ -396,6 +405,23 @@ def main(argv: list[str] | None = None) -> int:
         from .costing import dry_run
 
         return dry_run(runs)
+    command = ["python", "-m", "tda_utils.reproduce", *(sys.argv[1:] if argv is None else argv)]
+    previous = os.environ.get("FIMO_OUTPUT_DIR")
+    if args.output_dir:  # the notebook kernels inherit it: their results/ and figures/ go there
+        os.environ["FIMO_OUTPUT_DIR"] = str(Path(args.output_dir).expanduser().resolve())
+    try:
+        return _run_and_report(args, manifest, runs, shlex.join(command))
+    finally:
+        if args.output_dir and previous is None:
+            os.environ.pop("FIMO_OUTPUT_DIR", None)
+        elif args.output_dir:
+            os.environ["FIMO_OUTPUT_DIR"] = previous
+
+
+def _run_and_report(args, manifest: dict, runs: list[Run], command: str) -> int:
+    """Execute the planned ``runs``, print the summary, record the runs (with ``command`` and
+    each run's parameters) and build the gallery; the exit status of ``main``.
+    """
     skip = bool(manifest["profiles"][args.profile].get("skip_missing_data", False))
     if args.update_readme:
         runs = [
@@ -418,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    parameters = {r.name: r.parameters for r in runs}
+    for row in rows:  # recorded in runs.json (gallery.record_runs)
+        row["command"] = command
+        row["parameters"] = parameters.get(row["run"], {})
     print(format_summary(rows))
     print(f"gallery (open in a browser): {build_gallery(args.profile, rows)}")
     if any(r["status"] == "stopped" for r in rows):
