@@ -314,3 +314,12 @@ def test_importing_the_adapters_imports_neither_library():
         "assert not {'dattri', 'kronfluence'} & set(sys.modules), 'imported a library'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_dattri_explicit_refuses_a_large_model_as_not_applicable(problem):
+    model, splits = problem
+    d = sum(p.numel() for p in model.parameters())
+    with pytest.raises(tu.bench.NotApplicable, match=rf"{d:,} parameters \(max_params=10\)"):
+        ad.dattri_if_explicit(model, splits, TRAIN, QUERIES, max_params=10)
+    with pytest.raises(ValueError, match="max_params"):
+        ad.dattri_if_explicit(model, splits, TRAIN, QUERIES, max_params=0)

@@ -71,6 +71,10 @@ def raises(model, splits, train_indices, query_indices):
     raise RuntimeError("kaboom inside the plug-in")
 
 
+def too_big(model, splits, train_indices, query_indices):
+    raise tu.bench.NotApplicable("this model is too large for me")
+
+
 def scaled(model, splits, train_indices, query_indices, factor=1.0):
     return factor * copy_grad_dot(model, splits, train_indices, query_indices)
 
@@ -249,6 +253,24 @@ def test_bad_plugins_get_clear_errors_and_the_others_keep_their_rows(results, tm
     assert (csv[csv["kind"] == "built-in"]["status"] == "ok").all()
     assert "## Errors" in (tmp_path / "out" / "leaderboard.md").read_text()
     assert _digest(results) == before  # nothing cached or saved is touched
+
+
+def test_a_plugin_that_does_not_apply_is_a_row_and_a_note_not_an_error(results, tmp_path, capsys):
+    status = cli.main(["--method", "bench_test_plugins:too_big", "--method",
+                       "bench_test_plugins:copy_grad_dot", "--profile", "smoke", "--only", *ONLY,
+                       "--results-dir", str(results), "--out-dir", str(tmp_path / "out"),
+                       "--no-compute"])
+    assert status == 0
+    err = capsys.readouterr().err
+    assert "ERROR" not in err
+    for run in RUNS:
+        assert (f"note: plug-in 'bench_test_plugins:too_big' on run {run} does not apply: this "
+                "model is too large for me") in err
+    csv = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    rows = csv[csv["method"] == "bench_test_plugins:too_big"]
+    assert len(rows) == len(RUNS) and (rows["status"] == "not applicable").all()
+    assert rows["first"].isna().all() and rows["error"].str.contains("too large").all()
+    assert (csv[csv["method"] == "bench_test_plugins:copy_grad_dot"]["status"] == "ok").all()
 
 
 def test_a_plugin_cannot_change_what_the_next_one_sees(results, tmp_path):

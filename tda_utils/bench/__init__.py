@@ -19,11 +19,12 @@ from . import inputs, leaderboard, plugin, suite  # noqa: F401
 from .suite import BenchResult, BenchWarning, benchmark
 from .inputs import RunInputs, inputs_path, load_run_inputs, save_run_inputs
 from .leaderboard import curves_figure, leaderboard_figure, write_leaderboard
-from .plugin import Plugin, PluginError, load_plugin, run_plugin
+from .plugin import NotApplicable, Plugin, PluginError, load_plugin, run_plugin
 
 __all__ = [
     "BenchResult",
     "BenchWarning",
+    "NotApplicable",
     "Plugin",
     "PluginError",
     "RunInputs",

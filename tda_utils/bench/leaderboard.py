@@ -11,8 +11,8 @@ SEM over queries; ``summary_table``'s first / best / last): cosine (``first``, `
 queries left out of a mean (``dropped``), the first evaluation from which the method's cosine
 curve stays above Grad-Dot's until the last (``crossing_time``, as
 ``figures.paper.crossing_time``), its wall time and peak memory. ``method`` is the plug-in's
-``module:function`` or the built-in's registry key; ``kind`` says which; ``status`` is "ok" or
-"failed" (then ``error`` says why and the numbers are empty).
+``module:function`` or the built-in's registry key; ``kind`` says which; ``status`` is "ok",
+"failed" or "not applicable" (then ``error`` says why and the numbers are empty).
 """
 
 from __future__ import annotations
@@ -118,10 +118,14 @@ def run_rows(
     return rows, cos
 
 
-def failed_row(run: str, method: str, error: str, kind: str = "plug-in") -> dict:
-    """The row of a method that could not be scored on ``run``: status "failed", ``error``."""
+def failed_row(
+    run: str, method: str, error: str, kind: str = "plug-in", status: str = "failed"
+) -> dict:
+    """The row of a method that could not be scored on ``run``: ``status`` ("failed", or "not
+    applicable"), ``error`` (why).
+    """
     row = {c: math.nan for c in COLUMNS}
-    row.update(run=run, method=method, kind=kind, label=method, status="failed",
+    row.update(run=run, method=method, kind=kind, label=method, status=status,
                error=str(error), crossing_time=None, time_unit="")
     return row
 

@@ -1,7 +1,7 @@
 """Plug-in attribution methods: load one by ``module:function``, call it on a run, check what
 it returns.
 
-Public: ``Plugin``, ``PluginError``, ``load_plugin``, ``run_plugin``.
+Public: ``Plugin``, ``PluginError``, ``NotApplicable``, ``load_plugin``, ``run_plugin``.
 
 The contract: ``f(model, splits, train_indices, query_indices, **options)`` returns scores of
 shape ``(len(query_indices), len(train_indices))`` (a tensor, a numpy array, or anything
@@ -13,7 +13,9 @@ works), importable from the current directory or ``PYTHONPATH``.
 
 Every problem is a ``PluginError`` whose message names the plug-in and, when it happened on a
 run, the run: not importable, not callable, an exception inside it (with its message), a wrong
-shape (with the expected one), NaN or inf values (how many).
+shape (with the expected one), NaN or inf values (how many). A plug-in that does not apply to a
+run (a model too large for it, a task it does not handle) raises ``NotApplicable`` with the
+reason: its row says "not applicable" and it is not an error.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ from ..methods import AttributionScores, PeakMemory
 
 class PluginError(RuntimeError):
     """A plug-in could not be loaded, failed, or returned unusable scores."""
+
+
+class NotApplicable(Exception):
+    """Raised by a plug-in when its method does not apply to this run (say why in the message):
+    the leaderboard row says "not applicable" with the reason; the benchmark goes on, exit 0.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +155,7 @@ def run_plugin(
     ``options``.
 
     Raises:
+        NotApplicable: the plug-in said it does not apply to this run (the message names both).
         PluginError: an exception inside the plug-in (its message, the last frames), a wrong
             shape (the expected one), NaN or inf values (how many), naming the plug-in and run.
     """
@@ -165,6 +174,8 @@ def run_plugin(
             out = plugin.function(mine, splits, list(train), list(query), **kwargs)
     except KeyboardInterrupt:
         raise
+    except NotApplicable as err:
+        raise NotApplicable(f"{where} does not apply: {err}") from None
     except BaseException as err:  # SystemExit too: a plug-in must not end the benchmark
         last = traceback.extract_tb(err.__traceback__)[-1]
         raise PluginError(

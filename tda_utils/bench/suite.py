@@ -30,7 +30,7 @@ from ..devices import math_kernels
 from ..run import reproduce
 from . import leaderboard
 from .inputs import inputs_path, load_run_inputs
-from .plugin import Plugin, PluginError, load_plugin, run_plugin
+from .plugin import NotApplicable, Plugin, PluginError, load_plugin, run_plugin
 
 #: the notebooks whose runs have a gold standard (and save benchmark inputs)
 GOLD_NOTEBOOKS = ("01_", "02_", "03_", "04_")
@@ -261,6 +261,10 @@ def benchmark(
             try:
                 scored[p.name] = run_plugin(p, r.name, inputs.model, inputs.splits,
                                             inputs.left_out, inputs.queries, device, options)
+            except NotApplicable as err:
+                notes.append(str(err))
+                failed.append(leaderboard.failed_row(r.name, p.name, str(err),
+                                                     status="not applicable"))
             except PluginError as err:
                 errors.append(str(err))
                 failed.append(leaderboard.failed_row(r.name, p.name, str(err).splitlines()[0]))
