@@ -46,6 +46,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..config import check_choice
 from ..devices import resolve_device
@@ -59,6 +60,7 @@ BUDGET_MB = 2048
 WORKING_COPIES = {"cosine": 4, "spearman": 8}
 
 _MEMOS: dict[int, PanelMemo] = {}
+_KEYS = WeakIdKeyDictionary()  # {score tensor: (its version, score_key)}
 _REFERENCE = [False]
 
 
@@ -132,12 +134,20 @@ def clear_memo(gold: FurtherTrainingResult | None = None) -> None:
 
 
 def score_key(values: torch.Tensor) -> tuple:
-    """A content key of a score tensor: (shape, dtype, BLAKE2b digest of its bytes)."""
-    t = torch.as_tensor(values).detach().to("cpu").contiguous()
+    """A content key of a score tensor: (shape, dtype, BLAKE2b digest of its bytes); remembered
+    per tensor object and version counter, so an unchanged tensor is hashed once.
+    """
+    values = torch.as_tensor(values)
+    known = _KEYS.get(values)
+    if known is not None and known[0] == values._version:
+        return known[1]
+    t = values.detach().to("cpu").contiguous()
     h = hashlib.blake2b(digest_size=16)
     if t.numel():
         h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return tuple(t.shape), str(t.dtype), h.hexdigest()
+    key = (tuple(t.shape), str(t.dtype), h.hexdigest())
+    _KEYS[values] = (values._version, key)
+    return key
 
 
 def analysis_device(gold: FurtherTrainingResult, device=None) -> torch.device:
