@@ -284,7 +284,9 @@ def agreement_curves(
     n_evals, n_query = gold.loss_full.shape[0], gold.loss_full.shape[2]
     _check_scores(values, n_evals, (n_query, gold.loss_loo.shape[2]))
     memo = memo_for(gold)
-    keys = {m: ("agree", metric, bool(subtract_mean), rows, score_key(v)) for m, v in values.items()}
+    keys = {
+        m: ("agree", metric, bool(subtract_mean), rows, score_key(v)) for m, v in values.items()
+    }
     todo = _pending(memo, keys)
     if todo:
         t = tau(gold, subtract_mean, seeds, device, memory_budget_mb)
