@@ -263,3 +263,11 @@ def test_cuda_agrees_with_the_cpu_to_float64_rounding(gold_scores, device):
             got = panels.agreement_curves(on_cuda, values, sm, metric, [1, 3], device=device,
                                           memory_budget_mb=1e-4)
             assert_same(ref["agree", sm, metric, "[1, 3]"], got, atol=1e-12)
+
+
+def test_no_applicable_scores_give_empty_panels(gold_scores):
+    gold, _ = gold_scores
+    assert pipeline.agreement_panel(gold, {}) == {}
+    assert pipeline.seed_panel(gold, {}, ks=(99,)) == {}
+    with pytest.raises(ValueError, match="seed 9 was not run"):
+        pipeline.agreement_panel(gold, {}, seeds=[9])

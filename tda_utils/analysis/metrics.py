@@ -1,7 +1,8 @@
 """Agreement of attribution scores with the further-training gold standard.
 
 Public: ``Curve``, ``SeedCurve``, ``agreement``, ``seed_group_agreement``, ``sorted_scores``,
-``cosine_rows``, ``spearman_rows``, ``rank_rows``, ``nan_mean_sem``, ``nan_argmax``.
+``cosine_rows``, ``spearman_rows``, ``rank_rows``, ``nan_mean_sem``, ``nan_argmax``,
+``curve_from_values``, ``seed_curve_from`` (the last steps, shared with ``panels``).
 
 ``agreement(tau, scores)``: tau (n_evals, n_query, n_left_out) against scores (n_query,
 n_left_out) or (n_evals, n_query, n_left_out); one value per (eval time, query) across the

@@ -278,8 +278,10 @@ def agreement_curves(
     """{method: Curve} of each score tensor in ``values`` ((n_query, n_left_out) or
     (n_evals, n_query, n_left_out)) against tau: ``metrics.agreement``, memoized per method.
     """
-    check_choice("metric", metric, METRICS)
     rows = tuple(gold._seed_rows(seeds))
+    if not values:  # as the reference: nothing to compare, no other check
+        return {}
+    check_choice("metric", metric, METRICS)
     values = {m: torch.as_tensor(v) for m, v in values.items()}
     n_evals, n_query = gold.loss_full.shape[0], gold.loss_full.shape[2]
     _check_scores(values, n_evals, (n_query, gold.loss_loo.shape[2]))
@@ -318,6 +320,8 @@ def seed_curves(
     with each score tensor in ``values``, memoized per method; one pass over the per-seed
     differences serves every method and every k.
     """
+    if not values:  # as the reference: nothing to compare, no other check
+        return {}
     check_choice("metric", metric, METRICS)
     n_seeds = len(gold.seeds)
     ks = sorted({int(k) for k in ks if 1 <= int(k) <= n_seeds})
