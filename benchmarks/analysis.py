@@ -112,8 +112,10 @@ def max_difference(a, b) -> float:
 
 
 def timed(fn, device, repeats):
-    """(best wall seconds, peak resident rise MB, CUDA peak MB, last result) of ``fn()``."""
-    best, peak, cuda_peak, out = float("inf"), 0.0, 0.0, None
+    """(best wall seconds, peak resident rise MB, CUDA peak MB, last result, first run's
+    seconds) of ``fn()``; the memo is cleared before each run.
+    """
+    best, peak, cuda_peak, out, first = float("inf"), 0.0, 0.0, None, None
     for _ in range(repeats):
         panels.clear_memo()
         if device.type == "cuda":
@@ -124,20 +126,24 @@ def timed(fn, device, repeats):
             out = fn()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            best = min(best, time.perf_counter() - start)
+            took = time.perf_counter() - start
+            best, first = min(best, took), took if first is None else first
         peak = max(peak, mem.peak_mb)
         if device.type == "cuda":
             cuda_peak = max(cuda_peak, torch.cuda.max_memory_allocated(device) / 2**20)
-    return best, peak, cuda_peak, out
+    return best, peak, cuda_peak, out, first
 
 
 def report(name, ref, new, device):
     cuda = f", CUDA peak {new[2]:.0f} MB" if device.type == "cuda" else ""
-    line = f"  {name:<13} memo ({device}) {new[0]:8.2f} s, peak +{new[1]:.0f} MB{cuda}"
+    line = (f"  {name:<13} memo ({device}) {new[0]:7.2f} s (first {new[4]:.2f}), "
+            f"peak +{new[1]:.0f} MB{cuda}")
     if ref is not None:
-        line += (f" | reference (cpu) {ref[0]:8.2f} s, peak +{ref[1]:.0f} MB | "
+        line += (f" | reference (cpu) {ref[0]:7.2f} s (first {ref[4]:.2f}), "
+                 f"peak +{ref[1]:.0f} MB | "
                  f"{ref[0] / new[0]:.1f}x, max |diff| {max_difference(ref[3], new[3]):.1e}")
     print(line)
+    print(f"    {'':<13} (time: best of the repeats; peak: the largest rise of resident memory)")
 
 
 def main(argv=None) -> None:

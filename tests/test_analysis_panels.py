@@ -219,8 +219,10 @@ def test_recorded_device_and_chunk_sizes():
     per_eval = 2**20  # 1 MB per evaluation, 4 working copies
     assert panels.chunk_evals(100, per_eval, "cpu", 40) == 10
     assert panels.chunk_evals(100, per_eval, "cpu", 0.5) == 1  # at least one evaluation
-    assert panels.chunk_evals(8, per_eval, "cpu", 10**6) == 2  # never above one full copy
-    assert panels.chunk_evals(8, per_eval, "cpu", 10**6, copies=1) == 8
+    big = panels.SMALL_MB * 2**20  # one evaluation as large as the small-tensor floor
+    assert panels.chunk_evals(8, big, "cpu", 10**6) == 2  # never above one full copy
+    assert panels.chunk_evals(8, big, "cpu", 10**6, copies=1) == 8
+    assert panels.chunk_evals(8, per_eval, "cpu") == 8  # 8 MB: small, not split
     with pytest.raises(ValueError, match="memory_budget_mb"):
         panels.chunk_evals(8, per_eval, "cpu", 0)
 

@@ -2,7 +2,7 @@
 
 Public: ``tau``, ``agreement_curves``, ``seed_curves``, ``memo_for``, ``clear_memo``,
 ``analysis_device``, ``chunk_evals``, ``score_key``, ``reference``, ``is_reference``,
-``BUDGET_MB``.
+``BUDGET_MB``, ``SMALL_MB``.
 
 A notebook draws every panel in a figure cell and ``collect_results`` builds the same panels
 again; both go through ``pipeline.agreement_panel`` / ``seed_panel`` / ``sorted_panel`` /
@@ -26,9 +26,9 @@ when that device exists here, else on the CPU; an explicit ``device`` is honoure
 Memory: the per-seed differences (n_evals, n_seeds, n_query, n_left_out) are built in chunks of
 evaluations (``chunk_evals``) whose working set (about ``WORKING_COPIES`` chunk-size tensors) fits
 ``memory_budget_mb`` (default ``BUDGET_MB`` on the CPU, half the free memory on CUDA) and never
-exceeds one full-size copy of the per-seed tensor. Every quantity is computed per evaluation
-except the argmax over time, which runs on the gathered (n_evals,) means, so chunking does not
-change any number.
+exceeds one full-size copy of the per-seed tensor (or ``SMALL_MB``, for a small one). Every
+quantity is computed per evaluation except the argmax over time, which runs on the gathered
+(n_evals,) means, so chunking does not change any number.
 
 Numbers: on the CPU they equal the reference path (``gold.attribution`` / ``gold.per_seed`` with
 ``metrics.agreement`` / ``seed_group_agreement``) bit for bit: the same operations on the same
@@ -55,6 +55,8 @@ from .metrics import METRICS, curve_from_values, nan_mean_sem, seed_curve_from
 
 #: default memory budget of the analysis on the CPU (MB)
 BUDGET_MB = 2048
+#: below this working set (MB) a per-seed tensor smaller than it is not split (fewer small ops)
+SMALL_MB = 64
 #: tensors of one chunk's size held at once (moved losses, differences, centred differences, a
 #: product), by metric: Spearman's ranks need an argsort, a gather and scatters besides
 WORKING_COPIES = {"cosine": 4, "spearman": 8}
@@ -165,7 +167,8 @@ def chunk_evals(
 ) -> int:
     """Evaluations per chunk: ``copies`` tensors of ``per_eval_bytes`` per evaluation fit the
     budget (``memory_budget_mb``; default ``BUDGET_MB`` on the CPU, half the free CUDA memory),
-    and the working set never exceeds one full-size copy (``n_evals * per_eval_bytes``).
+    and the working set never exceeds one full-size copy (``n_evals * per_eval_bytes``), or
+    ``SMALL_MB`` when that is larger.
     """
     device = torch.device(device)
     if memory_budget_mb is not None:
@@ -176,7 +179,7 @@ def chunk_evals(
         budget = torch.cuda.mem_get_info(device)[0] // 2
     else:
         budget = BUDGET_MB * 2**20
-    budget = min(budget, n_evals * per_eval_bytes)
+    budget = min(budget, max(n_evals * per_eval_bytes, SMALL_MB * 2**20))
     return int(max(1, min(n_evals, budget // (copies * max(1, per_eval_bytes)))))
 
 
