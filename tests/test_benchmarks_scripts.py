@@ -42,3 +42,16 @@ def test_benchmark_script_runs_and_reports():
     step = re.search(r"large matmuls ([\d.]+) us .*other operations ([\d.]+) us.*reach (\d+)%", out)
     assert step and float(step[1]) > 0 and float(step[2]) > 0 and 0 < int(step[3]) <= 100
     assert "paper Concrete gold standard" in out
+
+
+def test_analysis_benchmark_runs_and_matches_the_reference():
+    script = repo_root() / "benchmarks" / "analysis.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--cpu-shape", "6,3,5,4",
+         "--large", "4,4,5,6", "--repeats", "1"],
+        capture_output=True, text=True, check=True, cwd=repo_root(),
+    ).stdout
+    assert out.startswith("device: cpu")
+    rows = re.findall(r"memo \(cpu\)\s+([\d.]+) s.*reference \(cpu\)\s+([\d.]+) s.*"
+                      r"max \|diff\| (\S+)$", out, re.M)
+    assert len(rows) == 2 and all(float(diff) == 0.0 for *_, diff in rows)

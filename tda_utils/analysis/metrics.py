@@ -1,7 +1,8 @@
 """Agreement of attribution scores with the further-training gold standard.
 
 Public: ``Curve``, ``SeedCurve``, ``agreement``, ``seed_group_agreement``, ``sorted_scores``,
-``cosine_rows``, ``spearman_rows``, ``rank_rows``, ``nan_mean_sem``, ``nan_argmax``.
+``cosine_rows``, ``spearman_rows``, ``rank_rows``, ``nan_mean_sem``, ``nan_argmax``,
+``curve_from_values``, ``seed_curve_from`` (the last steps, shared with ``panels``).
 
 ``agreement(tau, scores)``: tau (n_evals, n_query, n_left_out) against scores (n_query,
 n_left_out) or (n_evals, n_query, n_left_out); one value per (eval time, query) across the
@@ -139,7 +140,11 @@ def agreement(
             f"= {tuple(tau.shape[-2:])}; scores must be query-major"
         )
     fn = cosine_rows if metric == "cosine" else spearman_rows
-    vals = fn(tau, scores)  # (E, Q)
+    return curve_from_values(fn(tau, scores), metric, nan_as_zero)
+
+
+def curve_from_values(vals: torch.Tensor, metric: str, nan_as_zero: bool = False) -> Curve:
+    """The ``Curve`` of per-(eval, query) agreement values ``vals`` (n_evals, n_query)."""
     n_nan = torch.isnan(vals).sum(-1)
     if nan_as_zero:
         vals = torch.nan_to_num(vals, nan=0.0)
@@ -185,7 +190,7 @@ def seed_group_agreement(
     if not ks:
         raise ValueError(f"ks has no value between 1 and n_seeds={n_seeds}")
     fn = cosine_rows if metric == "cosine" else spearman_rows
-    best, sem, arg, groups = [], [], [], []
+    means, sems = [], []
     for k in ks:
         g = n_seeds // k
         tau = (
@@ -194,17 +199,25 @@ def seed_group_agreement(
         s = scores if scores.ndim == 2 else scores[:, None]
         vals = fn(tau, s)  # (E, G, Q)
         mean_t, sem_t, _ = nan_mean_sem(vals.reshape(vals.shape[0], -1))  # over (group, query)
+        means.append(mean_t)
+        sems.append(sem_t)
+    return seed_curve_from(ks, means, sems, [n_seeds // k for k in ks])
+
+
+def seed_curve_from(ks, means, sems, groups) -> SeedCurve:
+    """The ``SeedCurve`` from each k's mean and SEM over (group, query) per eval, (n_evals,)."""
+    best, sem, arg = [], [], []
+    for mean_t, sem_t in zip(means, sems):
         j = nan_argmax(mean_t)
         best.append(torch.nan_to_num(mean_t[j], nan=0.0))
         sem.append(sem_t[j])
         arg.append(j)
-        groups.append(g)
     return SeedCurve(
-        ks=ks,
+        ks=list(ks),
         best=torch.stack(best),
         sem=torch.stack(sem).double(),
         best_time_index=arg,
-        n_groups=groups,
+        n_groups=list(groups),
     )
 
 

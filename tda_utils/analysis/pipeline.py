@@ -5,7 +5,8 @@ Public: ``output_paths``, ``load_data``, ``paper_step_schedule``, ``select_left_
 ``method_values``, ``applicable``, ``agreement_curves``, ``agreement_panel``, ``seed_panel``,
 ``sorted_panel``, ``reference_score``, ``summary_table``, ``top_instances``, ``text_table``,
 ``RunResults``, ``collect_results``, ``load_results`` (the record: ``records.py``),
-``readable_scores`` (a table's score columns, scaled and legible: ``tables.py``).
+``readable_scores`` (a table's score columns, scaled and legible: ``tables.py``). The panels
+are computed once per gold standard and scores, where it ran (``panels.py``).
 
 A notebook run ends with one ``collect_results`` call: the ``RunResults`` record of every
 per-dataset panel (agreement curves over time, seed curves, sorted scores), stored as plain data
@@ -33,6 +34,7 @@ from ..data.registry import DATASETS, Splits, load_dataset
 from ..gold.further_training import FurtherTrainingResult
 from ..methods import METHODS, AttributionScores, attribute, method_order, method_style
 from ..methods.registry import method_label
+from . import panels
 from .metrics import Curve, SeedCurve, agreement, nan_argmax, seed_group_agreement, sorted_scores
 from .records import AGREEMENT_FIGURES, SEED_FIGURES, RunResults, load_results  # noqa: F401 (public here)
 from .tables import readable_scores  # noqa: F401 (public here)
@@ -280,8 +282,8 @@ def top_instances(
     (with ``leave_out="permutation"`` and evaluations within the first epoch, an instance no
     seed has visited yet has tau = 0). The column ``time`` records it.
     """
-    tau_all = gold.attribution(subtract_mean=True)  # (T, Q, L)
-    signal = (gold.attribution(subtract_mean=False) != 0).double().mean(dim=-1) >= 0.5  # (T, Q)
+    tau_all, raw = (_tau(gold, sm) for sm in (True, False))  # (T, Q, L)
+    signal = (raw != 0).double().mean(dim=-1) >= 0.5  # (T, Q)
     if isinstance(query_positions, int):
         check_positive("query_positions", query_positions, integer=True)
         query_positions = signal.any(dim=0).nonzero().flatten().tolist()[:query_positions]
@@ -373,16 +375,30 @@ def score_labels(scores: Mapping[str, AttributionScores]) -> dict[str, str]:
     return {m: method_label(m, s) for m, s in scores.items()}
 
 
+def _tau(gold: FurtherTrainingResult, subtract_mean: bool, device=None) -> torch.Tensor:
+    """``gold.attribution(subtract_mean)``, from the panels' memo unless ``panels.reference()``."""
+    if panels.is_reference():
+        return gold.attribution(subtract_mean=subtract_mean)
+    return panels.tau(gold, subtract_mean, device=device)
+
+
 def agreement_panel(
     gold: FurtherTrainingResult,
     scores: Mapping[str, AttributionScores],
     subtract_mean: bool = True,
     metric: str = "cosine",
     seeds=None,
+    device=None,
 ) -> dict[str, Curve]:
-    """{method: Curve}: agreement with the gold standard over time (Figs. 2, 4, 5, 6, 11)."""
-    tau = gold.attribution(subtract_mean=subtract_mean, seeds=seeds)
-    return agreement_curves(tau, applicable(scores, gold), metric)
+    """{method: Curve}: agreement with the gold standard over time (Figs. 2, 4, 5, 6, 11),
+    computed once per gold standard and scores, where it ran or on ``device`` (``panels``).
+    """
+    kept = applicable(scores, gold)
+    if panels.is_reference():
+        tau = gold.attribution(subtract_mean=subtract_mean, seeds=seeds)
+        return agreement_curves(tau, kept, metric)
+    values = {m: method_values(s) for m, s in kept.items()}
+    return panels.agreement_curves(gold, values, subtract_mean, metric, seeds, device)
 
 
 def seed_panel(
@@ -390,13 +406,17 @@ def seed_panel(
     scores: Mapping[str, AttributionScores],
     subtract_mean: bool = True,
     ks: Sequence[int] = SEED_KS,
+    device=None,
 ) -> dict[str, SeedCurve]:
-    """{method: SeedCurve}: best agreement vs the number of seeds averaged (Figs. 3, 7, 8, 9)."""
+    """{method: SeedCurve}: best agreement vs the number of seeds averaged (Figs. 3, 7, 8, 9),
+    computed once per gold standard and scores, where it ran or on ``device`` (``panels``).
+    """
+    kept = applicable(scores, gold)
+    if not panels.is_reference():
+        values = {m: method_values(s) for m, s in kept.items()}
+        return panels.seed_curves(gold, values, subtract_mean, ks, device=device)
     per_seed = gold.per_seed(subtract_mean=subtract_mean)
-    return {
-        m: seed_group_agreement(per_seed, method_values(s), ks)
-        for m, s in applicable(scores, gold).items()
-    }
+    return {m: seed_group_agreement(per_seed, method_values(s), ks) for m, s in kept.items()}
 
 
 def sorted_panel(
@@ -404,11 +424,12 @@ def sorted_panel(
     scores: Mapping[str, AttributionScores],
     time_indices=(0,),
     methods: Sequence[str] = ("grad_dot", "grad_cos"),
+    device=None,
 ) -> dict[str, torch.Tensor]:
     """{label: (n_left_out,)}: sorted scores of ``methods`` and of the gold standard at the
     evaluation indices ``time_indices`` (Fig. 10).
     """
-    tau = gold.attribution(subtract_mean=True)
+    tau = _tau(gold, True, device)
     bad = [j for j in time_indices if not -len(gold.times) <= j < len(gold.times)]
     if bad:
         raise ValueError(
@@ -434,29 +455,33 @@ def collect_results(
     sorted_time_indices=(0,),
     results_dir=None,
     final_model: str = "",
+    device=None,
 ) -> RunResults:
     """Build a notebook run's ``RunResults`` from its gold standards and scores, and save it.
 
     The same curves as the notebook's figures (``paper.agreement_figure`` and friends call the
     same panel functions). ``gold_adam`` adds Figs. 4 and 8, ``gold_retrain`` Fig. 11.
     ``final_model``: where the final model came from (``tu.final.describe(final)``), shown in
-    the gallery.
+    the gallery. Panels the figure cells drew come from the memo (``panels``); ``device``: where
+    the others compute (default: where each gold standard ran).
     """
+    dev = {"device": device}
     agree = {
-        "fig2": agreement_panel(gold, scores),
-        "fig6": agreement_panel(gold, scores, metric="spearman"),
-        "fig5": agreement_panel(gold, scores, subtract_mean=False),
+        "fig2": agreement_panel(gold, scores, **dev),
+        "fig6": agreement_panel(gold, scores, metric="spearman", **dev),
+        "fig5": agreement_panel(gold, scores, subtract_mean=False, **dev),
     }
     times = {f: gold.times for f in agree}
     seeds = {
-        "fig7": seed_panel(gold, scores, ks=seed_ks),
-        "fig9": seed_panel(gold, scores, False, seed_ks),
+        "fig7": seed_panel(gold, scores, ks=seed_ks, **dev),
+        "fig9": seed_panel(gold, scores, False, seed_ks, **dev),
     }
     if gold_adam is not None:
-        agree["fig4"], times["fig4"] = agreement_panel(gold_adam, scores), gold_adam.times
-        seeds["fig8"] = seed_panel(gold_adam, scores, ks=seed_ks)
+        agree["fig4"], times["fig4"] = agreement_panel(gold_adam, scores, **dev), gold_adam.times
+        seeds["fig8"] = seed_panel(gold_adam, scores, ks=seed_ks, **dev)
     if gold_retrain is not None:
-        agree["fig11"], times["fig11"] = agreement_panel(gold_retrain, scores), gold_retrain.times
+        agree["fig11"] = agreement_panel(gold_retrain, scores, **dev)
+        times["fig11"] = gold_retrain.times
     record = RunResults(
         notebook=notebook,
         dataset=dataset,
@@ -465,7 +490,7 @@ def collect_results(
         times=times,
         agreement=agree,
         seeds=seeds,
-        sorted_scores=sorted_panel(gold, scores, sorted_time_indices),
+        sorted_scores=sorted_panel(gold, scores, sorted_time_indices, device=device),
         wall_time={m: float(s.wall_time) for m, s in scores.items()},
         final_eval=dict(final_eval),
         labels=score_labels(scores),

@@ -37,6 +37,7 @@ from torch import nn
 from ..cache import Cache, default_results_dir, model_fingerprint
 from ..config import FurtherTrainingConfig, check_indices, stable_hash, to_dict
 from ..data.registry import Splits
+from ..devices import resolve_device
 from ..linalg.grads import frozen_state, trainable_params
 from ..models.registry import loss_key, resolve_loss
 from .engines import (  # noqa: F401  (run_orders and the constants are re-exported)
@@ -69,6 +70,9 @@ class FurtherTrainingResult:
     config: FurtherTrainingConfig
     wall_time: float = 0.0
     from_cache: int = 0
+    #: where the runs computed ("cpu", "cuda:0"); the tensors are on the CPU. The analysis
+    #: (``analysis.panels``) computes there by default. Not part of equality.
+    device: str = dataclasses.field(default="cpu", compare=False)
 
     def _seed_rows(self, seeds: int | Iterable[int] | None) -> list[int]:
         if seeds is None:
@@ -269,7 +273,16 @@ def further_train(
         config=cfg,
         wall_time=time.perf_counter() - start,
         from_cache=from_cache,
+        device=_ran_on(device),
     )
+
+
+def _ran_on(device) -> str:
+    """The device the runs used, as recorded on the result (a Ray worker's may not exist here)."""
+    try:
+        return str(resolve_device(device))
+    except ValueError:
+        return str(device)
 
 
 def _seed_item_check(n_evals: int, n_left_out: int, n_query: int):
