@@ -18,6 +18,23 @@ from tda_utils.data.registry import Splits  # noqa: E402
 from . import guard  # noqa: E402
 
 
+# Every device-dependent test is parametrized over DEVICES: its body always runs on the CPU (so a
+# broken body fails in CI), and again on CUDA where there is one (marked ``gpu``, skipped without).
+# A "cpu vs device" test compares the device run with a CPU float64 reference run, so the "cpu"
+# case checks something real too (e.g. float32 on the device against the float64 reference).
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device"),
+        ],
+    ),
+]
+
+
 def make_splits(
     task: str = "regression",
     n_train: int = 23,

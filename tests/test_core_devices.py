@@ -1,17 +1,18 @@
-"""One ``device`` argument: the resolver, explicit CPU runs, errors, CPU results; CPU/GPU agreement
-(marked ``gpu``, skipped without CUDA)."""
+"""One ``device`` argument: the resolver, explicit CPU runs, errors, CPU results; every device of
+``conftest.DEVICES`` (the CPU always; CUDA marked ``gpu``, skipped without) against a CPU float64
+reference."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 import tda_utils as tu
+from tda_utils.data.registry import Splits
 from tda_utils.devices import resolve_device, to_cpu
 
-from .conftest import make_splits, tiny_model
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from .conftest import DEVICES, make_splits, tiny_model
 
 
 def test_resolver():
@@ -86,60 +87,72 @@ def test_explicit_cpu_equals_auto_here_and_model_stays_put(tmp_path):
         assert torch.equal(r1.loss_loo, r2.loss_loo) and r1.loss_loo.device.type == "cpu"
 
 
-# ---------------------------------------------------------------- GPU (skipped without CUDA)
-@pytest.mark.gpu
-@cuda
+# ------------------------------------------- every device against a CPU float64 reference
+# Parametrized over DEVICES: the body runs on the CPU in CI and on CUDA where there is one. Each
+# compares the device's float64 run (tight) and its float32 run (loose) with a CPU float64
+# reference, so the "cpu" case checks float32 against float64 and a broken body fails anywhere.
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("engine", ["vectorized", "sequential"])
 @pytest.mark.parametrize("leave_out", ["permutation", "every_batch"])
-def test_further_training_cpu_and_gpu_agree(engine, leave_out, tmp_path):
+def test_further_training_device_agrees_with_cpu_float64(device, engine, leave_out, tmp_path):
     splits = make_splits("regression", n_train=21, n_test=4)
     final = tiny_model(splits, hidden=6, train_epochs=5)
-    cfg = tu.FurtherTrainingConfig(
-        lr=0.05,
-        epochs=3,
-        batch_size=5,
-        seeds=range(3),
-        left_out=[0, 7, 20],
-        dtype="float64",
-        engine=engine,
+    common = dict(
+        lr=0.05, epochs=3, batch_size=5, seeds=range(3), left_out=[0, 7, 20], engine=engine,
         leave_out=leave_out,
+    )  # fmt: skip
+    ref_cfg = tu.FurtherTrainingConfig(dtype="float64", **common)
+    ref = tu.further_train(final, splits, ref_cfg, cache_dir=None, progress=False, device="cpu")
+    on_dev = tu.further_train(
+        final, splits, ref_cfg, cache_dir=tmp_path, progress=False, device=device
     )
-    on_cpu = tu.further_train(final, splits, cfg, cache_dir=None, progress=False, device="cpu")
-    on_gpu = tu.further_train(final, splits, cfg, cache_dir=tmp_path, progress=False, device="cuda")
-    assert on_gpu.loss_loo.device.type == "cpu" and on_gpu.loss_full.device.type == "cpu"
-    torch.testing.assert_close(on_gpu.loss_full, on_cpu.loss_full, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(on_gpu.loss_loo, on_cpu.loss_loo, rtol=1e-10, atol=1e-12)
+    assert on_dev.loss_loo.device.type == "cpu" and on_dev.loss_full.device.type == "cpu"
+    torch.testing.assert_close(on_dev.loss_full, ref.loss_full, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(on_dev.loss_loo, ref.loss_loo, rtol=1e-10, atol=1e-12)
     stored = torch.load(next(tmp_path.glob("further_training/*/seed_0.pt")), weights_only=False)
     assert stored["loss_loo"].device.type == "cpu"
+    f32_cfg = tu.FurtherTrainingConfig(dtype="float32", **common)
+    f32 = tu.further_train(final, splits, f32_cfg, cache_dir=None, progress=False, device=device)
+    torch.testing.assert_close(f32.loss_full.double(), ref.loss_full, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(f32.loss_loo.double(), ref.loss_loo, rtol=1e-4, atol=1e-6)
     assert next(final.parameters()).device.type == "cpu"  # the given model is not moved
+    assert next(final.parameters()).dtype == torch.float64
 
 
-@pytest.mark.gpu
-@cuda
-def test_train_and_evaluate_cpu_and_gpu_agree():
+@pytest.mark.parametrize("device", DEVICES)
+def test_train_and_evaluate_device_agrees_with_cpu_float64(device):
     splits = make_splits("classification")
     cfg = tu.TrainConfig(lr=0.1, epochs=3, batch_size=8)
-    a = tu.train_model(
-        tu.build_model("mlp", splits, hidden=5).double(),
-        splits,
-        cfg,
-        cache_dir=None,
-        progress=False,
-        device="cpu",
+
+    x, y = splits.train.tensors
+    xt, yt = splits.test.tensors
+    splits32 = Splits(
+        splits.name,
+        TensorDataset(x.float(), y),
+        TensorDataset(xt.float(), yt),
+        splits.task,
+        splits.meta,
     )
-    b = tu.train_model(
-        tu.build_model("mlp", splits, hidden=5).double(),
-        splits,
-        cfg,
-        cache_dir=None,
-        progress=False,
-        device="cuda",
-    )
-    assert next(b.parameters()).device.type == "cpu"
-    for va, vb in zip(a.state_dict().values(), b.state_dict().values()):
-        torch.testing.assert_close(va, vb, rtol=1e-10, atol=1e-12)
-    ea, eb = tu.evaluate(a, splits, device="cpu"), tu.evaluate(a, splits, device="cuda")
-    assert eb["accuracy"] == ea["accuracy"] and abs(eb["loss"] - ea["loss"]) < 1e-10
+    data = {torch.float64: splits, torch.float32: splits32}
+
+    def train(dtype, where):
+        model = tu.build_model("mlp", splits, hidden=5).to(dtype)
+        return tu.train_model(model, data[dtype], cfg, cache_dir=None, progress=False, device=where)
+
+    ref = train(torch.float64, "cpu")
+    a64, a32 = train(torch.float64, device), train(torch.float32, device)
+    assert next(a64.parameters()).device.type == "cpu"
+    assert next(a32.parameters()).device.type == "cpu"
+    for vr, v64, v32 in zip(
+        ref.state_dict().values(), a64.state_dict().values(), a32.state_dict().values()
+    ):
+        torch.testing.assert_close(v64, vr, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(v32.double(), vr, rtol=1e-4, atol=1e-5)
+    er = tu.evaluate(ref, splits, device="cpu")
+    e64 = tu.evaluate(ref, splits, device=device)
+    e32 = tu.evaluate(a32, splits32, device=device)
+    assert e64["accuracy"] == er["accuracy"] and abs(e64["loss"] - er["loss"]) < 1e-10
+    assert e32["accuracy"] == er["accuracy"] and abs(e32["loss"] - er["loss"]) < 1e-4
 
 
 # ---------------------------------------------------------------- attribution methods
@@ -156,8 +169,16 @@ def test_attribute_on_explicit_cpu_and_bad_device():
         tu.attribute("grad_dot", final, splits, device="tpu")
 
 
-@pytest.mark.gpu
-@cuda
+#: options that every method test passes: if_time needs the step counts and the learning rate;
+#: LiSSA and LiSSA-H at a shorter depth (the scores still agree across devices and dtypes)
+METHOD_TEST_OPTIONS = {
+    "if_time": {"times": [0, 5, 20], "lr": 0.05},
+    "lissa": {"depth": 200},
+    "lissa_h": {"depth": 200},
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "method",
     [
@@ -173,10 +194,17 @@ def test_attribute_on_explicit_cpu_and_bad_device():
         "if_explicit",
     ],
 )
-def test_every_method_cpu_and_gpu_agree(method):
+def test_every_method_device_agrees_with_cpu_float64(method, device):
     splits = make_splits("classification", n_train=15, n_test=3)
     final = tiny_model(splits, hidden=4, train_epochs=5)
-    on_cpu = tu.attribute(method, final, splits, device="cpu")
-    on_gpu = tu.attribute(method, final, splits, device="cuda")
-    assert on_gpu.values.device.type == "cpu" and next(final.parameters()).device.type == "cpu"
-    torch.testing.assert_close(on_gpu.values, on_cpu.values, rtol=1e-6, atol=1e-9)
+    opts = METHOD_TEST_OPTIONS.get(method, {})
+    ref = tu.attribute(method, final, splits, device="cpu", dtype="float64", **opts).values
+    assert ref.dtype == torch.float64 and ref.abs().max() > 0
+    on_dev = tu.attribute(method, final, splits, device=device, dtype="float64", **opts)
+    assert on_dev.values.device.type == "cpu" and next(final.parameters()).device.type == "cpu"
+    torch.testing.assert_close(on_dev.values, ref, rtol=1e-6, atol=1e-9)
+    # float32 on the device: within 1e-3 of the reference's largest score (relative)
+    f32 = tu.attribute(method, final, splits, device=device, dtype="float32", **opts).values
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(f32.double(), ref, rtol=1e-3, atol=1e-3 * scale)
+    assert next(final.parameters()).dtype == torch.float64
