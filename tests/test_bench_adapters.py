@@ -183,6 +183,23 @@ def test_kronfluence_identity_is_grad_dot_over_n(problem):
 
 
 @needs_kronfluence
+def test_kronfluence_tracks_only_trainable_layers_of_a_frozen_trunk(problem):
+    """A frozen trunk (finefood's head over MiniLM) has layers without gradients: kronfluence
+    tracks only the trainable ones, as the suite differentiates only them.
+    """
+    model, splits = problem
+    frozen = copy.deepcopy(model)
+    last = [n for n, _ in frozen.named_parameters()][-2:]
+    for n, p in frozen.named_parameters():
+        p.requires_grad_(n in last)
+    ours = ad.kronfluence_identity(frozen, splits, TRAIN, QUERIES)
+    ref = _suite("grad_dot", frozen, splits) / splits.n_train
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12 * float(ref.abs().max()))
+    with pytest.raises(ValueError, match="not trainable nn.Linear"):
+        ad.kronfluence_identity(frozen, splits, TRAIN, QUERIES, modules=["0"])
+
+
+@needs_kronfluence
 def test_kronfluence_ekfac_agrees_with_suite_ekfac(problem):
     """Same model, layers (every nn.Linear, weights and biases), damping and Gauss-Newton
     target, so close but not equal: kronfluence estimates the expected output-gradient factors

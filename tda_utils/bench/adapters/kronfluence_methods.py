@@ -190,7 +190,8 @@ def kronfluence_scores(
         fisher_samples: passes over the training set when fitting a true Fisher (one label
             draw per instance and pass; more passes, less sampling noise).
         seed: seeds torch's RNG for the label draws (the caller's RNG state is restored).
-        modules: names of ``nn.Linear`` / ``nn.Conv2d`` modules to track (None: all).
+        modules: names of ``nn.Linear`` / ``nn.Conv2d`` modules to track (None: all those with
+            trainable parameters; a frozen trunk's layers are left out).
         batch_size: instances per batch when fitting factors and computing gradients.
         dtype: None (the model's) or "float32" / "float64" (a cast copy); factors, gradients
             and scores are computed in float64 either way.
@@ -217,17 +218,27 @@ def kronfluence_scores(
     dev = _state_device(kf["State"], dev)
     work = working_copy(model, dt, dev)
     data = splits.to(dt)
-    supported = [n for n, m in work.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    if modules is not None:
+    supported = [  # the trainable ones: a frozen trunk's layers have no gradient to track
+        n
+        for n, m in work.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+        and any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
+    every = [n for n, m in work.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if modules is None and supported and len(supported) < len(every):
+        modules = supported
+    elif modules is not None:
         modules = [modules] if isinstance(modules, str) else list(modules)
         unknown = [m for m in modules if m not in supported]
         if unknown or not modules:
             raise ValueError(
-                f"modules={modules!r}: {unknown or 'empty'} are not nn.Linear / nn.Conv2d "
-                f"modules; allowed: {supported}"
+                f"modules={modules!r}: {unknown or 'empty'} are not trainable nn.Linear / "
+                f"nn.Conv2d modules; allowed: {supported}"
             )
     elif not supported:
-        raise ValueError("kronfluence needs a model with nn.Linear or nn.Conv2d modules")
+        raise ValueError(
+            "kronfluence needs a model with trainable nn.Linear or nn.Conv2d modules"
+        )
     if strategy == "identity":
         lam = 0.0
     elif damping is not None:
