@@ -406,16 +406,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return dry_run(runs)
     command = ["python", "-m", "tda_utils.reproduce", *(sys.argv[1:] if argv is None else argv)]
-    previous = os.environ.get("FIMO_OUTPUT_DIR")
-    if args.output_dir:  # the notebook kernels inherit it: their results/ and figures/ go there
-        os.environ["FIMO_OUTPUT_DIR"] = str(Path(args.output_dir).expanduser().resolve())
+    names = ("FIMO_OUTPUT_DIR", "FIMO_RESULTS_DIR")
+    previous = {name: os.environ.get(name) for name in names}
+    if args.output_dir:  # the notebook kernels inherit them: their results/ and figures/ go there
+        root = Path(args.output_dir).expanduser().resolve()
+        os.environ["FIMO_OUTPUT_DIR"] = str(root)
+        os.environ["FIMO_RESULTS_DIR"] = str(root / "results")
     try:
         return _run_and_report(args, manifest, runs, shlex.join(command))
     finally:
-        if args.output_dir and previous is None:
-            os.environ.pop("FIMO_OUTPUT_DIR", None)
-        elif args.output_dir:
-            os.environ["FIMO_OUTPUT_DIR"] = previous
+        for name, value in previous.items() if args.output_dir else ():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _run_and_report(args, manifest: dict, runs: list[Run], command: str) -> int:
