@@ -77,12 +77,14 @@ def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def rank_rows(x: torch.Tensor) -> torch.Tensor:
-    """Average ranks (1-based, ties share their mean rank) along the last axis, float64."""
+    """Average ranks (1-based, ties share their mean rank) along the last axis, float64, on
+    ``x``'s device.
+    """
     x = x.double()
     order = x.argsort(dim=-1, stable=True)
     sorted_x = x.gather(-1, order)
     n = x.shape[-1]
-    pos = torch.arange(1, n + 1, dtype=torch.float64).expand_as(x)
+    pos = torch.arange(1, n + 1, dtype=torch.float64, device=x.device).expand_as(x)
     # group ties: new group starts where the sorted value changes
     new = torch.ones_like(sorted_x, dtype=torch.bool)
     new[..., 1:] = sorted_x[..., 1:] != sorted_x[..., :-1]

@@ -51,7 +51,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ..config import check_choice
 from ..devices import resolve_device
 from ..gold.further_training import FurtherTrainingResult
-from .metrics import METRICS, curve_from_values, nan_mean_sem, seed_curve_from
+from .metrics import METRICS, curve_from_values, nan_mean_sem, rank_rows, seed_curve_from
 
 #: default memory budget of the analysis on the CPU (MB)
 BUDGET_MB = 2048
@@ -218,19 +218,8 @@ def tau(gold, subtract_mean=True, seeds=None, device=None, memory_budget_mb=None
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """``metrics.rank_rows`` on ``x``'s device (the same operations)."""
-    x = x.double()
-    order = x.argsort(dim=-1, stable=True)
-    sorted_x = x.gather(-1, order)
-    n = x.shape[-1]
-    pos = torch.arange(1, n + 1, dtype=torch.float64, device=x.device).expand_as(x)
-    new = torch.ones_like(sorted_x, dtype=torch.bool)
-    new[..., 1:] = sorted_x[..., 1:] != sorted_x[..., :-1]
-    group = new.long().cumsum(-1) - 1
-    sums = torch.zeros_like(sorted_x).scatter_add_(-1, group, pos)
-    counts = torch.zeros_like(sorted_x).scatter_add_(-1, group, torch.ones_like(pos))
-    avg = sums.gather(-1, group) / counts.gather(-1, group)
-    return torch.empty_like(avg).scatter_(-1, order, avg)
+    """``metrics.rank_rows`` on ``x``'s device."""
+    return rank_rows(x)
 
 
 def _prepare(x: torch.Tensor, metric: str):
