@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="DIR",
         help="put reports/, figures/ and the results/ cache under DIR instead of the repository "
-        "(sets $FIMO_OUTPUT_DIR for the runs; e.g. a paper-scale run apart from the cpu profile)",
+        "(sets $FIMO_OUTPUT_DIR and $FIMO_RESULTS_DIR for the runs; e.g. a paper-scale run apart "
+        "from the cpu profile)",
     )
     parser.add_argument("--manifest", default=None, help="path of reproduce.yaml")
     parser.add_argument("--list", action="store_true", help="list the runs of the profile and exit")
