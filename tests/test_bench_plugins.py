@@ -79,6 +79,26 @@ def scaled(model, splits, train_indices, query_indices, factor=1.0):
     return factor * copy_grad_dot(model, splits, train_indices, query_indices)
 
 
+def slow(model, splits, train_indices, query_indices):
+    import time
+    end = time.monotonic() + 60
+    try:
+        while time.monotonic() < end:
+            time.sleep(0.01)
+    except Exception:  # a plug-in's own handler must not swallow the stop
+        pass
+    return copy_grad_dot(model, splits, train_indices, query_indices)
+
+
+def hungry(model, splits, train_indices, query_indices):
+    import time
+    blocks = []
+    for _ in range(200):  # up to 4 GiB, 20 MiB at a time
+        blocks.append(np.ones(20 * 2**20, dtype=np.uint8))
+        time.sleep(0.01)
+    return copy_grad_dot(model, splits, train_indices, query_indices)
+
+
 def mutates(model, splits, train_indices, query_indices):
     for p in model.parameters():
         p.data.zero_()
@@ -395,3 +415,47 @@ def test_options_reach_the_plugin_and_an_unknown_one_is_refused(results, tmp_pat
     out = _bench(results, tmp_path, ["bench_test_plugins:negated"], options={"factor": 3.0})
     assert not out.ok
     assert "takes no option(s) ['factor']" in out.errors[0] and "on run" in out.errors[0]
+
+
+def test_limits_stop_a_slow_or_hungry_plugin_and_keep_the_other_rows(results, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = cli.main(["--method", "bench_test_plugins:slow",
+                       "--method", "bench_test_plugins:hungry",
+                       "--method", "bench_test_plugins:copy_grad_dot", "--profile", "smoke",
+                       "--only", *ONLY, "--results-dir", str(results), "--out-dir", str(out),
+                       "--no-compute", "--time-limit", "1.5", "--memory-limit", "0.25"])
+    assert status == 1
+    err = capsys.readouterr().err
+    csv = pd.read_csv(out / "leaderboard.csv").set_index(["run", "method"])
+    for run in RUNS:
+        assert (f"plug-in 'bench_test_plugins:slow' on run {run} stopped after the time limit of "
+                "1.5 s (limits: 1.5 s, 0.25 GiB)") in err
+        hungry = f"plug-in 'bench_test_plugins:hungry' on run {run} stopped when its memory grew"
+        assert hungry in err
+        assert csv.loc[(run, "bench_test_plugins:slow"), "status"] == "failed"
+        assert csv.loc[(run, "bench_test_plugins:hungry"), "status"] == "failed"
+        assert "past the memory limit of 0.25 GiB" in csv.loc[(run, "bench_test_plugins:hungry"),
+                                                               "error"]
+        assert csv.loc[(run, "bench_test_plugins:copy_grad_dot"), "first"] == csv.loc[
+            (run, "grad_dot"), "first"]
+
+
+def test_limits_are_validated_and_restore_the_signal_handlers():
+    import signal
+
+    for bad in (0, -1.0, float("nan"), float("inf"), "10", True):
+        with pytest.raises(ValueError, match="time_limit"):
+            tu.bench.Limits(time_s=bad)
+        with pytest.raises(ValueError, match="memory_limit"):
+            tu.bench.Limits(memory_gb=bad)
+    before = signal.getsignal(signal.SIGALRM), signal.getsignal(signal.SIGUSR1)
+    with tu.bench.limits.enforced(tu.bench.Limits(time_s=5.0, memory_gb=1.0)):
+        total = sum(range(1000))
+    assert total == 499500
+    assert (signal.getsignal(signal.SIGALRM), signal.getsignal(signal.SIGUSR1)) == before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    with pytest.raises(tu.bench.LimitExceeded, match="time limit of 0.2 s"):
+        with tu.bench.limits.enforced(tu.bench.Limits(time_s=0.2)):
+            while True:
+                pass
+    assert signal.getsignal(signal.SIGALRM) == before[0]

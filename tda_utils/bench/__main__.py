@@ -5,6 +5,7 @@
         [--only NOTEBOOK[:DATASET] ...] [--device auto] [--option KEY=VALUE ...]
         [--results-dir DIR] [--reports-dir DIR] [--figures-dir DIR] [--out-dir DIR]
         [--rerun] [--no-compute] [--manifest reproduce.yaml]
+        [--time-limit SECONDS] [--memory-limit GIB]
 
 A plug-in is ``f(model, splits, train_indices, query_indices, **options)`` returning scores of
 shape ``(len(query_indices), len(train_indices))``, positive = helpful (``bench.plugin``). Each is
@@ -16,7 +17,9 @@ makes that cheap when ``make reproduce`` or the runner ran it before). Writes
 when a plug-in or a run failed (its rows say "failed"; the error list names the plug-in and the
 run), 2 for bad command-line input. ``--libraries`` adds the shipped adapters of other libraries
 (``bench.adapters.ADAPTERS``: dattri, kronfluence), all of them or those named (a name or a
-prefix such as ``dattri`` or ``kronfluence_ekfac``).
+prefix such as ``dattri`` or ``kronfluence_ekfac``). ``--time-limit`` / ``--memory-limit`` bound
+each plug-in call (``bench.limits``): past a bound, the call is stopped and its row fails with
+the reason, and the benchmark goes on.
 """
 
 from __future__ import annotations
@@ -97,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compute", action="store_true",
                    help="do not run notebooks for missing inputs (a missing run is an error)")
     p.add_argument("--manifest", default=None, help="path of reproduce.yaml")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop a plug-in that runs longer on one run; its row fails, saying so")
+    p.add_argument("--memory-limit", type=float, default=None, metavar="GIB",
+                   help="stop a plug-in whose call grows the process's memory by more")
     p.add_argument("--list", action="store_true", help="list the runs scored and exit")
     return p
 
@@ -123,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 methods, profile=args.profile, only=args.only, results_dir=args.results_dir,
                 reports_dir=args.reports_dir, figures_dir=args.figures_dir, out_dir=args.out_dir,
                 device=args.device, options=options, compute_missing=not args.no_compute,
-                rerun=args.rerun, manifest=args.manifest,
+                rerun=args.rerun, manifest=args.manifest, time_limit=args.time_limit,
+                memory_limit=args.memory_limit,
             )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

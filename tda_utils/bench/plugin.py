@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..methods import AttributionScores, PeakMemory
+from .limits import LimitExceeded, Limits, enforced
 
 
 class PluginError(RuntimeError):
@@ -146,18 +147,20 @@ def run_plugin(
     query_indices,
     device: str = "auto",
     options: Mapping[str, Any] | None = None,
+    limits: Limits | None = None,
 ) -> AttributionScores:
     """Call ``plugin`` on one run and check its scores; returns them as ``AttributionScores``
     (``wall_time`` and ``peak_memory_mb`` measured as for the built-in methods).
 
     The plug-in gets a deep copy of ``model`` (in eval mode), so it cannot change what later
     plug-ins see; ``device`` is passed when it takes it (or ``**options``), and so is each of
-    ``options``.
+    ``options``. ``limits`` bounds the call's wall time and memory (``limits.enforced``).
 
     Raises:
         NotApplicable: the plug-in said it does not apply to this run (the message names both).
         PluginError: an exception inside the plug-in (its message, the last frames), a wrong
-            shape (the expected one), NaN or inf values (how many), naming the plug-in and run.
+            shape (the expected one), NaN or inf values (how many), a limit passed (which one),
+            naming the plug-in and run.
     """
     where = f"plug-in {plugin.name!r} on run {run}"
     kwargs = dict(options or {})
@@ -170,10 +173,12 @@ def run_plugin(
     train, query = list(train_indices), list(query_indices)
     start = time.perf_counter()
     try:
-        with PeakMemory() as mem:
+        with PeakMemory() as mem, enforced(limits):
             out = plugin.function(mine, splits, list(train), list(query), **kwargs)
     except KeyboardInterrupt:
         raise
+    except LimitExceeded as err:
+        raise PluginError(f"{where} {err} (limits: {limits.describe()})") from None
     except NotApplicable as err:
         raise NotApplicable(f"{where} does not apply: {err}") from None
     except BaseException as err:  # SystemExit too: a plug-in must not end the benchmark

@@ -30,6 +30,7 @@ from ..devices import math_kernels
 from ..run import reproduce
 from . import leaderboard
 from .inputs import inputs_path, load_run_inputs
+from .limits import Limits
 from .plugin import NotApplicable, Plugin, PluginError, load_plugin, run_plugin
 
 #: the notebooks whose runs have a gold standard (and save benchmark inputs)
@@ -180,6 +181,8 @@ def benchmark(
     manifest: Path | str | None = None,
     write: bool = True,
     progress: bool = True,
+    time_limit: float | None = None,
+    memory_limit: float | None = None,
 ) -> BenchResult:
     """Score each plug-in of ``methods`` on every run of ``profile`` with a gold standard.
 
@@ -202,11 +205,15 @@ def benchmark(
         write: write ``leaderboard.csv``, ``.md`` and the figure
             (``leaderboard.write_leaderboard``).
         progress: show progress bars.
+        time_limit: seconds one plug-in may take on one run (None: no limit); past it, the
+            plug-in is stopped and its row fails, saying so (``limits``).
+        memory_limit: GiB of memory one plug-in call may add to the process (None: no limit).
 
     Returns:
         A ``BenchResult``; ``errors`` lists every failure (never raised, so that the other rows
         are kept).
     """
+    limits = Limits(time_limit, memory_limit)
     runs = gold_runs(profile, only, manifest)
     loaded_manifest = reproduce.load_manifest(Path(manifest) if manifest else None)
     skip = bool(loaded_manifest["profiles"][profile].get("skip_missing_data", False))
@@ -260,7 +267,8 @@ def benchmark(
         for p in plugins:
             try:
                 scored[p.name] = run_plugin(p, r.name, inputs.model, inputs.splits,
-                                            inputs.left_out, inputs.queries, device, options)
+                                            inputs.left_out, inputs.queries, device, options,
+                                            limits)
             except NotApplicable as err:
                 notes.append(str(err))
                 failed.append(leaderboard.failed_row(r.name, p.name, str(err),

@@ -19,10 +19,11 @@ from ._shared import (
     check_layers,
     check_number,
     default_dtype,
+    grad_batch_size,
     seeded,
     to_suite,
 )
-from .dattri_methods import PROJ_MAX_BATCH, _import_dattri, _setup, _Setup, _task
+from .dattri_methods import PROJ_MAX_BATCH, _import_dattri, _loss, _setup, _Setup, _task
 
 def _projector(s: _Setup, proj_dim: int | None, d: int, seed: int) -> dict[str, Any]:
     """Options of dattri's projector: identity when ``proj_dim`` is None or >= d, else Gaussian."""
@@ -36,12 +37,25 @@ def _projector(s: _Setup, proj_dim: int | None, d: int, seed: int) -> dict[str, 
     }
 
 
-def _n_params(s: _Setup, layer_name: list[str] | None) -> int:
-    return sum(
-        p.numel()
-        for n, p in s.model.named_parameters()
-        if p.requires_grad and (layer_name is None or n in layer_name)
-    )
+def _batch_size(s: _Setup, batch_size: int | None) -> int:
+    """``batch_size`` checked, or (None) the rows whose per-sample gradients fit the budget
+    (``grad_batch_size``: every row of a tabular run, 37 of the text head's).
+    """
+    if batch_size is not None:
+        return check_int("batch_size", batch_size)
+    return grad_batch_size(s.n_params(), s.dtype.itemsize, max(s.n, len(s.query)))
+
+
+def _per_sample_loss(s: _Setup) -> Callable:
+    """The loss of one instance without its batch dimension (dattri's TracIn calls it through
+    ``vmap`` over the rows): each tensor gets a batch dimension of 1 back.
+    """
+    base = _loss(s)
+
+    def loss(params, data):
+        return base(params, tuple(t.unsqueeze(0) for t in data))
+
+    return loss
 
 
 def dattri_tracin(
@@ -54,7 +68,7 @@ def dattri_tracin(
     normalized: bool = False,
     proj_dim: int | None = None,
     seed: int = 0,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     layers: Sequence[str] | None = None,
     dtype: str | None = None,
     device: str = "cpu",
@@ -75,21 +89,22 @@ def dattri_tracin(
     layer_name = check_layers(s.model, layers)
     if proj_dim is not None:
         check_int("proj_dim", proj_dim)
-    seed, batch_size = check_int("seed", seed, minimum=0), check_int("batch_size", batch_size)
+    seed = check_int("seed", seed, minimum=0)
+    batch_size = _batch_size(s, batch_size)
     normalized = check_choice("normalized", normalized, (False, True))
     algorithm, _ = _import_dattri()
     attributor = algorithm.TracInAttributor(
-        task=_task(s),
+        task=_task(s, _per_sample_loss(s)),
         weight_list=torch.tensor([check_number("lr", lr)], dtype=s.dtype),
         normalized_grad=normalized,
         projector_kwargs=None,  # set below: dattri 0.3.0 would update its module-level defaults
         layer_name=layer_name,
         device=str(s.device),
     )
-    attributor.projector_kwargs = _projector(s, proj_dim, _n_params(s, layer_name), seed)
+    attributor.projector_kwargs = _projector(s, proj_dim, s.n_params(layer_name), seed)
     train = torch.utils.data.Subset(s.splits.train, s.train)
     test = torch.utils.data.Subset(s.splits.test, s.query)
-    with default_dtype(s.dtype), seeded(seed, s.device):
+    with default_dtype(s.dtype), seeded(seed, s.device), torch.no_grad():
         raw = attributor.attribute(
             torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=False),
             torch.utils.data.DataLoader(test, batch_size=batch_size, shuffle=False),
@@ -139,7 +154,7 @@ def dattri_trak(
     damping: float | None = None,
     damping_multiple: float | None = 0.01,
     seed: int = 0,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     layers: Sequence[str] | None = None,
     dtype: str | None = None,
     device: str = "cpu",
@@ -172,11 +187,12 @@ def dattri_trak(
     layer_name = check_layers(s.model, layers)
     if proj_dim is not None:
         check_int("proj_dim", proj_dim)
-    seed, batch_size = check_int("seed", seed, minimum=0), check_int("batch_size", batch_size)
+    seed = check_int("seed", seed, minimum=0)
+    batch_size = _batch_size(s, batch_size)
     algorithm, AttributionTask = _import_dattri()
     output, probability = _trak_functions(s)
     task = AttributionTask(loss_func=output, model=s.model, checkpoints=s.model.state_dict())
-    d_layers = _n_params(s, layer_name)
+    d_layers = s.n_params(layer_name)
     projector = _projector(s, proj_dim, d_layers, seed)
     loader = torch.utils.data.DataLoader(s.splits.train, batch_size=batch_size, shuffle=False)
     if damping is not None:
@@ -186,11 +202,11 @@ def dattri_trak(
         params, _ = task.get_param(0, layer_name=layer_name)
         grad_fn = task.get_grad_loss_func(in_dims=(None, 0), layer_name=layer_name, ckpt_idx=0)
         sq = 0.0
-        with seeded(seed, s.device):  # iterating a DataLoader draws from torch's RNG
+        with seeded(seed, s.device), torch.no_grad():  # iterating a DataLoader draws from the RNG
             for batch in loader:
                 g = grad_fn(params, tuple(t.to(s.device) for t in batch)).detach()
                 sq += float((g.double() ** 2).sum())
-        d_all = _n_params(s, None)
+        d_all = s.n_params(None)
         reg = multiple * sq / (d_all * projector["proj_dim"])
     attributor = algorithm.TRAKAttributor(
         task=task,
@@ -202,7 +218,7 @@ def dattri_trak(
     )
     attributor.projector_kwargs = projector
     test = torch.utils.data.Subset(s.splits.test, s.query)
-    with default_dtype(s.dtype), seeded(seed, s.device):
+    with default_dtype(s.dtype), seeded(seed, s.device), torch.no_grad():
         attributor.cache(loader)
         raw = attributor.attribute(
             torch.utils.data.DataLoader(test, batch_size=batch_size, shuffle=False)

@@ -216,7 +216,7 @@ def kronfluence_scores(
     dt = resolve_dtype(dtype, model)
     kf = _import_kronfluence()
     dev = _state_device(kf["State"], dev)
-    work = working_copy(model, dt, dev)
+    work = working_copy(model, dt, dev, hooks=True)
     data = splits.to(dt)
     supported = [  # the trainable ones: a frozen trunk's layers have no gradient to track
         n
