@@ -232,6 +232,15 @@ def test_cli_writes_csv_markdown_and_figure(results, tmp_path, capsys):
     assert "| run | method |" in md and "bench_test_plugins:copy_grad_dot" in md
     printed = capsys.readouterr().out
     assert "bench_test_plugins:copy_grad_dot" in printed and "leaderboard.csv" in printed
+    wide = (out / "leaderboard_wide.md").read_text().splitlines()
+    assert wide[2] == "| method | kind | " + " | ".join(RUNS) + " | mean wall time (s) |"
+    body = {line.split(" | ")[0]: line for line in wide[4:]}
+    assert set(body) == {f"| `{m}`" for m in METHODS + ["copy_grad_dot"]}
+    row = csv.set_index(["run", "method"])
+    cells = [f"{row.loc[(r, 'grad_dot'), 'first']:.2f} / {row.loc[(r, 'grad_dot'), 'last']:.2f}"
+             for r in RUNS]
+    assert body["| `grad_dot`"] == "| `grad_dot` | built-in | " + " | ".join(cells) + " | " + \
+        f"{row.xs('grad_dot', level='method')['wall_time_s'].mean():.1f} |"
 
 
 def test_bad_plugins_get_clear_errors_and_the_others_keep_their_rows(results, tmp_path, capsys):

@@ -168,6 +168,38 @@ def markdown(table: pd.DataFrame, errors: Sequence[str] = (), notes: Sequence[st
     return "\n".join(parts) + "\n"
 
 
+def wide_markdown(table: pd.DataFrame) -> str:
+    """One row per method, one column per run: "first / last" cosine agreement (2 decimals), or
+    the row's status where it was not scored ("not applicable", "failed"), and the method's mean
+    wall time (s) over the runs it was scored on. Methods in order of appearance; a plug-in's
+    ``module:`` prefix is dropped when its function name is unique.
+    """
+    runs = list(dict.fromkeys(table["run"]))
+    methods = list(dict.fromkeys(table["method"]))
+    short = {m: m.rsplit(":", 1)[-1] for m in methods}
+    if len(set(short.values())) < len(methods):
+        short = {m: m for m in methods}
+    head = "*Cosine agreement with further training, first / last evaluation; mean wall time (s) " \
+           "over the runs scored.*"
+    lines = ["| method | kind | " + " | ".join(runs) + " | mean wall time (s) |",
+             "|---" * (len(runs) + 3) + "|"]
+    for m in methods:
+        rows = table[table["method"] == m].set_index("run")
+        cells = []
+        for r in runs:
+            if r not in rows.index:
+                cells.append("")
+                continue
+            row = rows.loc[r]
+            cells.append(f"{row['first']:.2f} / {row['last']:.2f}" if row["status"] == "ok"
+                         else str(row["status"]))
+        times = rows.loc[rows["status"] == "ok", "wall_time_s"].astype(float)
+        wall = f"{times.mean():.1f}" if len(times) else ""
+        kind = rows["kind"].iloc[0]
+        lines.append(f"| `{short[m]}` | {kind} | " + " | ".join(cells) + f" | {wall} |")
+    return head + "\n\n" + "\n".join(lines) + "\n"
+
+
 def write_leaderboard(
     table: pd.DataFrame,
     folder: Path | str,
@@ -175,20 +207,23 @@ def write_leaderboard(
     notes: Sequence[str] = (),
     name: str = "leaderboard",
 ) -> list[Path]:
-    """Write ``<folder>/<name>.csv`` (every column), ``<name>.md`` and the figure
+    """Write ``<folder>/<name>.csv`` (every column), ``<name>.md``, ``<name>_wide.md``
+    (``wide_markdown``: a method per row, first / last per run) and the figure
     ``<name>.png`` / ``.pdf`` (``leaderboard_figure``); returns the paths.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     csv, md = folder / f"{name}.csv", folder / f"{name}.md"
+    wide = folder / f"{name}_wide.md"
     atomic_write_text(table.to_csv(index=False), csv)
     atomic_write_text(markdown(table, errors, notes), md)
+    atomic_write_text(wide_markdown(table), wide)
     fig = leaderboard_figure(table)
     try:
         paths = plotting.save_figure(fig, name, folder)
     finally:
         plt.close(fig)
-    return [csv, md, *paths]
+    return [csv, md, wide, *paths]
 
 
 def _grid(n: int, size: tuple[float, float]):
