@@ -56,7 +56,7 @@ slides: $(STAMP)
 # the other libraries' methods (dattri, kronfluence adapters) scored against the cached gold
 # standards of $(PROFILE), next to the built-in methods: reports/$(PROFILE)/bench/leaderboard.*
 # (each adapter call stopped past BENCH_LIMITS: its row fails, saying so, and the others go on)
-BENCH_LIMITS ?= --time-limit 240 --memory-limit 8
+BENCH_LIMITS ?= --time-limit 240 --memory-limit 12
 bench-libraries: $(STAMP)
 	$(PY) -m tda_utils.bench --libraries --profile $(PROFILE) $(BENCH_LIMITS)
 

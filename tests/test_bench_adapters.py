@@ -440,3 +440,22 @@ def test_dattri_lissa_keeps_no_graph_across_steps(problem):
         num_repeat=1, recursion_depth=30, damping=lam / 1e3, scaling=1e3, mode="rev-rev")
     graph = dattri_methods._inner_product(s, attributor, 0, autograd=True)
     torch.testing.assert_close(ours, graph, rtol=1e-10, atol=0.0)
+
+
+def test_hvp_memory_units_and_the_datainf_guard(problem, cnn_problem, monkeypatch):
+    """The saved activations per row grow with the model's activations (a CNN's >> an MLP's);
+    CG and LiSSA batch their queries by them; DataInf refuses what would not fit.
+    """
+    from tda_utils.bench.adapters import _shared, dattri_methods
+
+    mlp, mlp_splits = problem
+    cnn, cnn_splits = cnn_problem
+    a_mlp = _shared.activation_bytes(mlp, mlp_splits.train)
+    a_cnn = _shared.activation_bytes(cnn, cnn_splits.train)
+    assert 0 < a_mlp < 1024 < 10 * 1024 < a_cnn  # 8 hidden units vs 28 x 28 feature maps
+    per = _shared.HVP_ACTIVATION_FACTOR * a_cnn * 100
+    monkeypatch.setattr(_shared, "HVP_BUDGET_MB", 3.5 * per / 2**20)
+    assert _shared.vectors_per_hvp(cnn, cnn_splits.train, 100) == 3
+    monkeypatch.setattr(dattri_methods, "DATAINF_MAX_GB", 1e-6)
+    with pytest.raises(tu.bench.NotApplicable, match=r"all 120 training instances.*DATAINF_MAX_GB"):
+        ad.dattri_datainf(mlp, mlp_splits, TRAIN, QUERIES)

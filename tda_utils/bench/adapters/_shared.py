@@ -213,6 +213,47 @@ def grad_batch_size(n_params: int, itemsize: int, n_rows: int) -> int:
     return max(1, min(n_rows, int(GRAD_BATCH_BUDGET_MB * 2**20 // per_row)))
 
 
+#: memory budget (MB) of one Hessian-vector-product call that a library vmaps over several
+#: vectors (dattri's CG and LiSSA vmap theirs over the queries of a batch)
+HVP_BUDGET_MB = 2048.0
+#: bytes of activations an HVP keeps per input row, as a multiple of the forward pass's outputs
+#: (forward, its backward, and the backward of that)
+HVP_ACTIVATION_FACTOR = 3
+
+
+def activation_bytes(model: nn.Module, dataset) -> int:
+    """Bytes that the forward pass of one row of ``dataset`` (the mean over its first two rows)
+    saves for its backward pass (autograd's saved tensors, each storage counted once: module
+    outputs and the intermediates of functional code alike): the unit of an HVP's memory per row.
+    """
+    seen: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:  # the weights are saved once per model, not per row
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    rows = min(2, len(dataset))
+    ref = next(p for p in model.parameters() if p.requires_grad)
+    *inputs, _ = next(iter(one_batch(dataset, range(rows))))
+    inputs = [x.to(ref.device, ref.dtype) if x.is_floating_point() else x.to(ref.device)
+              for x in inputs]
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(*inputs)
+    return max(1, (sum(seen.values()) + out.numel() * out.element_size()) // rows)
+
+
+def vectors_per_hvp(model: nn.Module, dataset, rows_per_hvp: int) -> int:
+    """How many vectors one vmapped HVP over ``rows_per_hvp`` rows of ``dataset`` may take
+    within ``HVP_BUDGET_MB`` (at least 1): on the cpu profile's MNIST CNN and the full training
+    set (4,000 images) 1, on the tabular MLPs all queries.
+    """
+    per_vector = HVP_ACTIVATION_FACTOR * activation_bytes(model, dataset) * rows_per_hvp
+    return max(1, int(HVP_BUDGET_MB * 2**20 // per_vector))
+
+
 def one_batch(dataset, indices: Sequence[int], batch_size: int | None = None) -> DataLoader:
     """An unshuffled DataLoader yielding rows ``indices`` of ``dataset`` in order, in batches of
     ``batch_size`` (None: one batch).

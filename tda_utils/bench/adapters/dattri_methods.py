@@ -47,6 +47,7 @@ from ._shared import (
     check_int,
     check_layers,
     grad_batch_size,
+    vectors_per_hvp,
     check_number,
     default_dtype,
     max_grad_norm,
@@ -69,6 +70,10 @@ PROJ_MAX_BATCH = 32
 #: training set; on Concrete's 824 rows, peak memory 2.6 GB at 1,377 parameters, 6.0 GB at 2,833);
 #: more raises tu.bench.NotApplicable
 EXPLICIT_MAX_PARAMS = 2048
+#: the most memory (GiB) dattri_datainf's per-sample gradients of the whole training set may take
+#: (n_train x parameters x itemsize; the cpu profile's text head: 6.6 GiB); more raises
+#: tu.bench.NotApplicable
+DATAINF_MAX_GB = 4.0
 
 
 @dataclasses.dataclass
@@ -94,10 +99,12 @@ class _Setup:
             if p.requires_grad and (names is None or name in names)
         )
 
-    def batches(self, dataset, indices: Sequence[int]):
-        """Rows ``indices`` of ``dataset`` in batches of ``grad_batch_size`` rows."""
+    def batches(self, dataset, indices: Sequence[int], cap: int | None = None):
+        """Rows ``indices`` of ``dataset`` in batches of ``grad_batch_size`` rows (at most
+        ``cap``).
+        """
         size = grad_batch_size(self.n_params(), self.dtype.itemsize, len(indices))
-        return one_batch(dataset, indices, size)
+        return one_batch(dataset, indices, min(size, cap or size))
 
 
 def _setup(model, splits, train_indices, query_indices, dtype, device, hooks=False) -> _Setup:
@@ -139,7 +146,9 @@ def _task(s: _Setup, loss: Callable | None = None):
     )
 
 
-def _inner_product(s: _Setup, attributor, seed: int = 0, autograd: bool = False) -> torch.Tensor:
+def _inner_product(
+    s: _Setup, attributor, seed: int = 0, autograd: bool = False, queries: int | None = None
+) -> torch.Tensor:
     """Run dattri's ``cache`` (full training set, one batch) and ``attribute`` (one batch of the
     training indices, one of the queries), on the suite's IF scale (divided by n_train), with
     torch's RNG seeded by ``seed`` (the caller's RNG state is restored).
@@ -148,12 +157,13 @@ def _inner_product(s: _Setup, attributor, seed: int = 0, autograd: bool = False)
     ``torch.func`` transforms still differentiate inside, but the outer autograd graph is not
     recorded. With it, dattri 0.3.0's LiSSA and Arnoldi keep every iteration's graph alive (on
     Concrete, LiSSA grew by ~36 MB per step: 160 steps took 7.2 GB and 162 s; under no_grad the
-    same scores to the bit, in 1.5 GB).
+    same scores to the bit, in 1.5 GB). ``queries``: at most this many queries per batch (the
+    solvers that vmap an HVP over a batch's queries; ``vectors_per_hvp``).
     """
     with default_dtype(s.dtype), seeded(seed, s.device), torch.set_grad_enabled(autograd):
         attributor.cache(one_batch(s.splits.train, range(s.n)))
         raw = attributor.attribute(
-            s.batches(s.splits.train, s.train), s.batches(s.splits.test, s.query)
+            s.batches(s.splits.train, s.train), s.batches(s.splits.test, s.query, queries)
         )
     return to_suite(raw, len(s.query), len(s.train), "train_query", 1.0 / s.n)
 
@@ -244,7 +254,8 @@ def dattri_if_cg(
         mode=check_choice("mode", mode, HVP_MODES),
         regularization=lam,
     )
-    return _inner_product(s, attributor)
+    queries = vectors_per_hvp(s.model, s.splits.train, s.n)  # each CG step: a full-data HVP
+    return _inner_product(s, attributor, queries=queries)
 
 
 def dattri_if_lissa(
@@ -303,6 +314,7 @@ def dattri_if_lissa(
         split: max_grad_norm(s.model, getattr(s.splits, split), idx, s.splits.task)
         for split, idx in (("train", s.train), ("test", s.query))
     }
+    queries = vectors_per_hvp(s.model, s.splits.train, min(batch_size, s.n))
     algorithm, _ = _import_dattri()
     for sc in scales:
         attributor = algorithm.IFAttributorLiSSA(
@@ -317,7 +329,7 @@ def dattri_if_lissa(
             mode=mode,
         )
         try:
-            values = _inner_product(s, attributor, seed)
+            values = _inner_product(s, attributor, seed, queries=queries)
         except NonFiniteScores:
             continue
         bound = factor * (depth + 1) * norms["train"] * norms["test"] / sc / s.n
@@ -406,9 +418,17 @@ def dattri_datainf(
     Options: ``damping`` (lambda, absolute) or ``c`` (lambda = lambda0 / c, the suite's default
     c = 10 applied to the mean squared gradient entry of all parameters: dattri takes one lambda
     for every layer), ``dtype``, ``device``. dattri 0.3.0 splits the gradients into layers over
-    all trainable parameters, so this adapter has no ``layers`` option.
+    all trainable parameters, so this adapter has no ``layers`` option. It holds every training
+    instance's gradient at once: over ``DATAINF_MAX_GB`` it raises ``tu.bench.NotApplicable``.
     """
     s = _setup(model, splits, train_indices, query_indices, dtype, device)
+    held = s.n * s.n_params() * s.dtype.itemsize
+    if held > DATAINF_MAX_GB * 2**30:
+        raise tu.bench.NotApplicable(
+            f"dattri's DataInf holds the per-sample gradients of all {s.n:,} training instances "
+            f"at once: {s.n:,} x {s.n_params():,} parameters = {held / 2**30:.1f} GiB, over "
+            f"max_gb={DATAINF_MAX_GB:g} (tda_utils.bench.adapters.dattri_methods.DATAINF_MAX_GB)"
+        )
     if damping is None:
         lam = resolve_damping(None, 1.0 / check_number("c", c), s.model, s.splits)
     else:
