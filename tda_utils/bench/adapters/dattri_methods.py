@@ -156,9 +156,10 @@ def _inner_product(
     Runs under ``torch.no_grad()`` unless ``autograd`` (EK-FAC's hooks need it): dattri's
     ``torch.func`` transforms still differentiate inside, but the outer autograd graph is not
     recorded. With it, dattri 0.3.0's LiSSA and Arnoldi keep every iteration's graph alive (on
-    Concrete, LiSSA grew by ~36 MB per step: 160 steps took 7.2 GB and 162 s; under no_grad the
-    same scores to the bit, in 1.5 GB). ``queries``: at most this many queries per batch (the
-    solvers that vmap an HVP over a batch's queries; ``vectors_per_hvp``).
+    Concrete's MLP, LiSSA grew by ~36 MB per step: 40 steps took 3.0 GB and 18.7 s, 160 steps
+    7.2 GB; under no_grad the same scores to the bit, 40 steps in 1.5 GB and 5.5 s).
+    ``queries``: at most this many queries per batch (the solvers that vmap an HVP over a
+    batch's queries; ``vectors_per_hvp``).
     """
     with default_dtype(s.dtype), seeded(seed, s.device), torch.set_grad_enabled(autograd):
         attributor.cache(one_batch(s.splits.train, range(s.n)))
@@ -519,7 +520,7 @@ def dattri_ekfac(
             "dattri 0.3.0's EK-FAC takes only nn.Linear inputs of shape (batch, features); "
             f"{len(sequence)} of this model's modules see (batch, tokens, features) inputs "
             f"({', '.join(sequence[:3])}{', ...' if len(sequence) > 3 else ''})"
-            + (f"; modules={flat} (--option 'modules={flat}') restricts it to those that "
+            + (f"; modules={flat} (--option \"modules={flat}\") restricts it to those that "
                "qualify" if flat else "")
         )
     algorithm, _ = _import_dattri()
