@@ -82,7 +82,8 @@ def dattri_tracin(
 
     Options: ``lr`` (the checkpoint's weight), ``normalized``, ``proj_dim`` (None or >= the
     number of parameters: exact gradients; else dattri's Gaussian random projection to that
-    dimension, seeded by ``seed``), ``batch_size`` (gradients per batch), ``layers``, ``dtype``,
+    dimension, seeded by ``seed``), ``batch_size`` (gradients per batch; None: as many as fit
+    the adapters' memory budget), ``layers``, ``dtype``,
     ``device`` (module docstring).
     """
     s = _setup(model, splits, train_indices, query_indices, dtype, device)
@@ -177,7 +178,8 @@ def dattri_trak(
     Gaussian projection seeded by ``seed``), ``damping`` (dattri's absolute regularization r)
     or ``damping_multiple`` (r = multiple x |Phi|_F^2 / p, the suite's 0.01 x TRAK's own lambda0
     in dattri's units, with |Phi|_F^2 from the unprojected gradients, which the projection
-    preserves in expectation), ``batch_size``, ``layers``, ``dtype``, ``device``.
+    preserves in expectation), ``batch_size`` (None: from the memory budget, as TracIn),
+    ``layers``, ``dtype``, ``device``.
     """
     s = _setup(model, splits, train_indices, query_indices, dtype, device)
     if s.splits.task == "regression" and s.splits.n_outputs != 1:
