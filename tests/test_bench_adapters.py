@@ -446,7 +446,7 @@ def test_hvp_memory_units_and_the_datainf_guard(problem, cnn_problem, monkeypatc
     """The saved activations per row grow with the model's activations (a CNN's >> an MLP's);
     CG and LiSSA batch their queries by them; DataInf refuses what would not fit.
     """
-    from tda_utils.bench.adapters import _shared, dattri_methods
+    from tda_utils.bench.adapters import _shared, dattri_curvature
 
     mlp, mlp_splits = problem
     cnn, cnn_splits = cnn_problem
@@ -456,6 +456,6 @@ def test_hvp_memory_units_and_the_datainf_guard(problem, cnn_problem, monkeypatc
     per = _shared.HVP_ACTIVATION_FACTOR * a_cnn * 100
     monkeypatch.setattr(_shared, "HVP_BUDGET_MB", 3.5 * per / 2**20)
     assert _shared.vectors_per_hvp(cnn, cnn_splits.train, 100) == 3
-    monkeypatch.setattr(dattri_methods, "DATAINF_MAX_GB", 1e-6)
+    monkeypatch.setattr(dattri_curvature, "DATAINF_MAX_GB", 1e-6)
     with pytest.raises(tu.bench.NotApplicable, match=r"all 120 training instances.*DATAINF_MAX_GB"):
         ad.dattri_datainf(mlp, mlp_splits, TRAIN, QUERIES)

@@ -9,8 +9,9 @@ modified), ``splits`` a ``tu.Splits``; queries index ``splits.test``, training i
 ``splits.train``. Options are keyword arguments with defaults (``device``: "cpu" by default;
 damping as in the suite, ``damping_multiple`` x lambda0); see each function's docstring.
 
-``ADAPTERS`` maps a name to each plug-in: dattri 0.3.0 (``dattri_methods``; TracIn and TRAK in
-``dattri_gradients``) and kronfluence 1.0.1 (``kronfluence_methods``). The libraries are
+``ADAPTERS`` maps a name to each plug-in: dattri 0.3.0 (``dattri_methods``; DataInf and EK-FAC
+in ``dattri_curvature``, TracIn and TRAK in ``dattri_gradients``) and kronfluence 1.0.1
+(``kronfluence_methods``). The libraries are
 imported when a plug-in runs, not here; a missing one raises ImportError naming the version to
 install. Only the public ``tda_utils`` API (``import tda_utils as tu``) is used.
 """
@@ -21,9 +22,8 @@ from collections.abc import Callable
 
 import torch
 
+from .dattri_curvature import dattri_datainf, dattri_ekfac
 from .dattri_methods import (
-    dattri_datainf,
-    dattri_ekfac,
     dattri_if_arnoldi,
     dattri_if_cg,
     dattri_if_explicit,

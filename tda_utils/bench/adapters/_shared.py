@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Subset, default_collate
 
 import tda_utils as tu
 import tda_utils.final.your_model  # noqa: F401  (tu.your_model)
@@ -237,7 +237,7 @@ def activation_bytes(model: nn.Module, dataset) -> int:
 
     rows = min(2, len(dataset))
     ref = next(p for p in model.parameters() if p.requires_grad)
-    *inputs, _ = next(iter(one_batch(dataset, range(rows))))
+    *inputs, _ = first_rows(dataset, rows)
     inputs = [x.to(ref.device, ref.dtype) if x.is_floating_point() else x.to(ref.device)
               for x in inputs]
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -252,6 +252,13 @@ def vectors_per_hvp(model: nn.Module, dataset, rows_per_hvp: int) -> int:
     """
     per_vector = HVP_ACTIVATION_FACTOR * activation_bytes(model, dataset) * rows_per_hvp
     return max(1, int(HVP_BUDGET_MB * 2**20 // per_vector))
+
+
+def first_rows(dataset, k: int) -> tuple[torch.Tensor, ...]:
+    """The first ``k`` rows of ``dataset`` collated into one batch (``(inputs..., target)``)
+    without a DataLoader, whose iterator would draw from torch's global RNG.
+    """
+    return tuple(default_collate([dataset[i] for i in range(k)]))
 
 
 def one_batch(dataset, indices: Sequence[int], batch_size: int | None = None) -> DataLoader:
